@@ -1,0 +1,293 @@
+"""Every setting of an experiment as validated pydantic models, loaded from YAML.
+
+Sections follow the data flow (model, data, lora, training, resources, tune, report) and
+keep Hugging Face / PEFT names where a setting maps onto one. Errors are `ConfigError`s
+whose one-line message names the file and the dotted field.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lexiray.errors import ConfigError
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+DEFAULT_PRESET = "smoke"
+
+LEXILINGO_TASKS = ("fluency", "vocabulary", "grammar", "dialogue", "explanation")
+DEFAULT_SYSTEM_PROMPTS = {
+    "fluency": "You are LexiLingo, an English tutor. Rate the learner's fluency as "
+    "'Score: N/5.' followed by one sentence of feedback.",
+    "vocabulary": "You are LexiLingo, an English tutor. Answer with the CEFR level "
+    "(A1, A2, B1, B2, C1 or C2) of the word.",
+    "grammar": "You are LexiLingo, an English tutor. Rewrite the learner's sentence "
+    "with its grammar corrected. Answer with the corrected sentence only.",
+    "dialogue": "You are LexiLingo, a friendly English conversation partner. Reply "
+    "naturally, gently correct mistakes and ask a follow-up question.",
+    "explanation": "You are LexiLingo, an English tutor for Vietnamese speakers. "
+    "Explain the grammar point in Vietnamese with short English examples.",
+}
+DEFAULT_SYSTEM_PROMPT = "You are LexiLingo, a helpful English-learning assistant."
+ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(Section):
+    name: str = "tiny"  # "tiny" / "lexiray:tiny" = the offline model of lexiray.tiny
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = True
+    trust_remote_code: bool = False
+    revision: str | None = None
+
+
+class DataSettings(Section):
+    path: str = "lexilingo-sample"  # a file, a folder, a HF dataset id, or the bundled sample
+    eval_path: str | None = None
+    eval_fraction: float = Field(0.1, gt=0, lt=1)
+    split_seed: int = 42
+    max_seq_length: int = Field(512, ge=16)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    max_bad_fraction: float = Field(0.05, ge=0, le=1)
+    length_coverage: float = Field(0.95, gt=0, le=1)
+    max_rows: int | None = Field(None, gt=0)
+    system_prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SYSTEM_PROMPTS))
+    default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: list(ALL_PROJECTIONS))
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class TrainingSettings(Section):
+    learning_rate: float = Field(2e-4, gt=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides num_train_epochs, as in HF TrainingArguments
+    per_device_train_batch_size: int = Field(4, gt=0)
+    per_device_eval_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    optim: str = "adamw_torch"
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: float = Field(0.03, ge=0)  # < 1 is a ratio of all steps (transformers 5)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    save_steps: int = Field(100, gt=0)
+    eval_steps: int | None = Field(None, gt=0)  # None: same as save_steps
+    logging_steps: int = Field(10, gt=0)
+    gradient_checkpointing: bool = True
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    dataloader_num_workers: int | Literal["auto"] = "auto"
+    dataloader_prefetch_factor: int = Field(2, gt=0)
+    seed: int = 42
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be -1 (use num_train_epochs) or a positive number of steps")
+        return value
+
+    @model_validator(mode="after")
+    def _eval_divides_save(self) -> "TrainingSettings":
+        # The report callback sends metrics when a checkpoint is saved; if evaluation does
+        # not happen on every save step the reported eval_loss would be stale.
+        if self.eval_steps is not None and self.save_steps % self.eval_steps != 0:
+            raise ValueError(
+                f"eval_steps ({self.eval_steps}) must divide save_steps ({self.save_steps}) "
+                "so every checkpoint carries a fresh eval_loss"
+            )
+        return self
+
+    @property
+    def effective_eval_steps(self) -> int:
+        return self.eval_steps or self.save_steps
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+
+class ResourceSettings(Section):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    accelerator_type: str | None = None  # e.g. "T4": schedule trials only on such GPUs
+    num_workers: int = Field(1, gt=0)  # Ray Train workers per trial (data parallel)
+
+
+class TuneSettings(Section):
+    num_samples: int = Field(8, gt=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    search_alg: Literal["random", "optuna"] = "random"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    metric: str = "eval_loss"
+    mode: Literal["min", "max"] = "min"
+    grace_period: int | None = Field(None, gt=0)  # steps; None: the first evaluation step
+    reduction_factor: float = Field(3.0, gt=1)
+    max_t: int | None = Field(None, gt=0)  # steps; None: derived from the epochs
+    time_budget_s: float | None = Field(None, gt=0)
+    max_failures: int = Field(2, ge=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    storage_path: str = "lexiray_results"
+    name: str | None = None
+    seed: int | None = 0
+
+
+class ReportSettings(Section):
+    plots: bool = True
+    top: int = Field(20, gt=0)
+
+
+class ExperimentConfig(Section):
+    name: str = "experiment"
+    description: str = ""
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    resources: ResourceSettings = Field(default_factory=ResourceSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+    search: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def valid_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """All dotted keys a config may set, e.g. 'lora.r'."""
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        keys.append(prefix + name)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(valid_keys(annotation, prefix + name + "."))
+    return keys
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not close:  # compare the last part alone: 'lora.rank' vs 'lora.r'
+        leaf = key.rsplit(".", 1)[-1]
+        candidates = [k for k in valid_keys() if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
+        close = difflib.get_close_matches(leaf, [c.rsplit(".", 1)[-1] for c in candidates], n=1, cutoff=0.3)
+        close = [key.rsplit(".", 1)[0] + "." + close[0]] if close and "." in key else close
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'{_suggest(key)}"
+    message = first["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    got = first.get("input")
+    shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    more = len(error.errors()) - 1
+    tail = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
+    return f"{source}: {key}: {message}{shown}{tail}"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'lora.r=32' -> ('lora.r', 32); the value is read as YAML so types come out right."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set lora.r=32")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(raw: dict, key: str, value: Any) -> None:
+    """Set a dotted key in a raw config dict. `search.<setting>` keys keep their dots."""
+    parts = key.split(".")
+    if parts[0] == "search" and len(parts) > 1:
+        raw.setdefault("search", {})
+        if not isinstance(raw["search"], dict):
+            raise ConfigError("search: must be a mapping of setting -> distribution")
+        raw["search"][".".join(parts[1:])] = value
+        return
+    node = raw
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def resolve_config_path(path_or_name: str | Path | None) -> Path:
+    """A YAML path, or a preset name such as 'smoke' found in search_spaces/."""
+    if path_or_name is None:
+        path_or_name = DEFAULT_PRESET
+    path = Path(path_or_name).expanduser()
+    if path.is_file():
+        return path
+    preset = SEARCH_SPACES_DIR / f"{path_or_name}.yaml"
+    if preset.is_file():
+        return preset
+    names = ", ".join(sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {str(path_or_name)!r} not found: give a YAML path or a preset ({names})")
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', error)})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config (or preset name), apply `KEY=VALUE` overrides, validate."""
+    path = resolve_config_path(path_or_name)
+    raw = copy.deepcopy(read_yaml(path))
+    raw.setdefault("name", path.stem)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        apply_override(raw, key, value)
+    source = str(path) + (" (with --set)" if overrides else "")
+    config = config_from_dict(raw, source)
+    if config.search:  # validated here so a bad search block fails before anything starts
+        from lexiray.space import validate_search
+
+        validate_search(config, source)
+    return config
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,491 @@
+"""Dataset loading, validation, chat formatting, assistant-only masking and length stats.
+
+Runs once per experiment in the driver: the tokenized train / eval sets are written as
+Arrow to the experiment folder and memory-mapped by every trial, never re-tokenized.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from lexiray.config import DataSettings
+from lexiray.errors import DataError
+from lexiray.tiny import BUNDLED_DATA
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAMES = ("lexilingo-sample", "lexiray:sample", "bundled")
+LENGTH_CANDIDATES = (256, 384, 512, 768, 1024)
+PERCENTILES = (50, 90, 95, 99)
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+BAD_ROWS_SHOWN = 5
+
+
+class RowError(ValueError):
+    """One row cannot be used; the message says why."""
+
+
+@dataclass
+class Record:
+    row: Any
+    origin: str  # "file.jsonl:12" or "dataset-id:row 12": where a bad row is reported
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    task: str
+    truncated: bool = False
+
+
+@dataclass
+class PreparedData:
+    train: Any  # datasets.Dataset with input_ids, labels, task, length
+    eval: Any
+    shape: str
+    bad_rows: list[tuple[str, str]] = field(default_factory=list)
+    truncated: int = 0
+    dropped_overlong: int = 0
+    total_rows: int = 0
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def resolve_source(path: str) -> str:
+    return str(BUNDLED_DATA) if path.strip().lower() in BUNDLED_NAMES else path
+
+
+def _records_from_jsonl(path: Path) -> Iterable[Record]:
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{number}"
+            try:
+                yield Record(json.loads(line), origin)
+            except json.JSONDecodeError as error:
+                yield Record(RowError(f"not valid JSON ({error.msg})"), origin)
+
+
+def _records_from_rows(rows: Iterable[Any], label: str, first: int = 1) -> Iterable[Record]:
+    for number, row in enumerate(rows, start=first):
+        yield Record(row, f"{label}:row {number}")
+
+
+def load_records(path: str) -> list[Record]:
+    """Read every row of a JSONL / JSON / CSV / parquet / Arrow file, a `save_to_disk`
+    folder or a Hugging Face dataset id, keeping where each row came from."""
+    source = resolve_source(path)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        import datasets
+
+        try:
+            loaded = datasets.load_from_disk(str(local))
+        except Exception as error:  # noqa: BLE001 - any failure here is a bad folder
+            raise DataError(f"data.path {path}: a folder must be a datasets save_to_disk folder ({error})") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+        return list(_records_from_rows(loaded, str(local)))
+    if local.is_file():
+        suffix = local.suffix.lower()
+        if suffix in (".jsonl", ".ndjson"):
+            return list(_records_from_jsonl(local))
+        if suffix == ".json":
+            text = local.read_text(encoding="utf-8")
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError:
+                return list(_records_from_jsonl(local))  # JSON Lines saved as .json
+            if isinstance(data, dict):
+                data = data.get("data") or data.get("train") or [data]
+            if not isinstance(data, list):
+                raise DataError(f"data.path {path}: a .json file must hold a list of rows")
+            return list(_records_from_rows(data, str(local)))
+        if suffix == ".csv":
+            with local.open(encoding="utf-8", newline="") as handle:
+                return list(_records_from_rows(csv.DictReader(handle), str(local), first=2))
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return list(_records_from_rows(pq.read_table(local).to_pylist(), str(local)))
+        if suffix == ".arrow":
+            import datasets
+
+            return list(_records_from_rows(datasets.Dataset.from_file(str(local)), str(local)))
+        raise DataError(
+            f"data.path {path}: unsupported file type '{suffix}' "
+            "(use .jsonl, .json, .csv, .parquet, .arrow, a save_to_disk folder or a dataset id)"
+        )
+    if "/" in source and not source.startswith((".", "/", "~")):
+        import datasets
+
+        try:
+            loaded = datasets.load_dataset(source, split="train")
+        except Exception as error:  # noqa: BLE001 - offline, private or misspelled ids
+            raise DataError(f"data.path {path}: not a local file and not a loadable dataset id ({error})") from None
+        return list(_records_from_rows(loaded, source))
+    raise DataError(f"data.path {path}: no such file or folder")
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def detect_shape(row: Any) -> str:
+    """Which of the accepted row shapes a row has: lexilingo, alpaca, chat or sharegpt."""
+    if not isinstance(row, dict):
+        raise RowError("a row must be a JSON object")
+    if "messages" in row:
+        return "chat"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row:
+        return "alpaca"
+    if "task" in row or ("input" in row and "output" in row):
+        return "lexilingo"
+    raise RowError(
+        "unknown row shape: expected {task,input,output}, {instruction,input,output}, "
+        "{messages:[...]} or {conversations:[...]}"
+    )
+
+
+def _text(row: dict, key: str, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        if required:
+            raise RowError(f"missing '{key}'")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"'{key}' must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise RowError(f"'{key}' is empty")
+    return value
+
+
+def _checked_turns(turns: Any, key: str, role_key: str, text_key: str, roles: dict[str, str]) -> list[dict]:
+    if not isinstance(turns, list) or not turns:
+        raise RowError(f"'{key}' must be a non-empty list")
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise RowError(f"every turn in '{key}' must be an object")
+        role = roles.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise RowError(f"unknown role {turn.get(role_key)!r} in '{key}'")
+        content = turn.get(text_key)
+        if not isinstance(content, str):
+            raise RowError(f"a '{key}' turn has no text '{text_key}'")
+        messages.append({"role": role, "content": content})
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant or not any(m["content"].strip() for m in assistant):
+        raise RowError(f"'{key}' has no assistant turn with text")
+    return messages
+
+
+def to_messages(row: Any, shape: str, settings: DataSettings) -> tuple[list[dict], str]:
+    """A row of the given shape -> (chat messages, task name)."""
+    if not isinstance(row, dict):
+        raise RowError("a row must be a JSON object")
+    task = str(row.get("task") or "") if isinstance(row.get("task", ""), str) else ""
+    system = settings.system_prompts.get(task, settings.default_system_prompt)
+    if shape == "lexilingo":
+        task = _text(row, "task") if "task" in row else ""
+        system = settings.system_prompts.get(task, settings.default_system_prompt)
+        user, answer = _text(row, "input"), _text(row, "output")
+        return [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": answer}], task
+    if shape == "alpaca":
+        instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
+        user = instruction + ("\n\n" + extra if extra.strip() else "")
+        return [{"role": "system", "content": system}, {"role": "user", "content": user},
+                {"role": "assistant", "content": _text(row, "output")}], task
+    if shape == "chat":
+        roles = {"system": "system", "user": "user", "assistant": "assistant"}
+        messages = _checked_turns(row.get("messages"), "messages", "role", "content", roles)
+    elif shape == "sharegpt":
+        messages = _checked_turns(row.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
+    else:
+        raise RowError(f"unknown shape {shape}")
+    if messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    return messages, task
+
+
+# --------------------------------------------------------------------------- tokenizing
+
+
+def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a conversation: only assistant tokens (and the end-of-turn
+    token after them) carry labels; every prompt token is -100.
+
+    Works with any chat template that renders earlier turns as a prefix of later ones
+    (Qwen, Llama, Mistral...): the span of each assistant turn is found in characters
+    and mapped onto tokens through the tokenizer's offsets."""
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
+        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        if not (full.startswith(before) and full.startswith(through)):
+            raise RowError("the chat template does not render earlier turns as a prefix")
+        # The template's whitespace after the end-of-turn token is not the answer.
+        spans.append((len(before), len(through.rstrip())))
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    labels = [-100] * len(ids)
+    for position, (start, end) in enumerate(encoded["offset_mapping"]):
+        if end > start and any(span_start <= start < span_end for span_start, span_end in spans):
+            labels[position] = ids[position]
+    return ids, labels
+
+
+def build_example(tokenizer, messages: list[dict], task: str, max_length: int | None, overlong: str) -> Example:
+    ids, labels = encode_conversation(tokenizer, messages)
+    truncated = False
+    if max_length is not None and len(ids) > max_length:
+        if overlong == "drop":
+            raise RowError(f"{len(ids)} tokens is longer than data.max_seq_length={max_length}")
+        ids, labels, truncated = ids[:max_length], labels[:max_length], True
+        if all(label == -100 for label in labels):
+            raise RowError(f"no answer token is left after truncation to {max_length} tokens")
+    return Example(ids, labels, task, truncated)
+
+
+# --------------------------------------------------------------------------- splitting
+
+
+def split_indices(tasks: list[str], eval_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Reproducible train / eval split, stratified by task so every task is evaluated."""
+    by_task: dict[str, list[int]] = defaultdict(list)
+    for index, task in enumerate(tasks):
+        by_task[task].append(index)
+    rng = random.Random(seed)
+    train, evaluation = [], []
+    for task in sorted(by_task):
+        members = by_task[task]
+        rng.shuffle(members)
+        n_eval = max(1, round(len(members) * eval_fraction)) if len(members) >= 2 else 0
+        evaluation.extend(members[:n_eval])
+        train.extend(members[n_eval:])
+    return sorted(train), sorted(evaluation)
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _format_records(records: list[Record], settings: DataSettings) -> tuple[list, list, str]:
+    formatted, bad = [], []
+    shape = None
+    for record in records:
+        try:
+            if isinstance(record.row, RowError):
+                raise record.row
+            row_shape = detect_shape(record.row)
+            shape = shape or row_shape
+            if row_shape != shape:
+                raise RowError(f"row has the {row_shape} shape but the file's rows are {shape}")
+            formatted.append((record, *to_messages(record.row, shape, settings)))
+        except RowError as error:
+            bad.append((record.origin, str(error)))
+    return formatted, bad, shape or "unknown"
+
+
+def _check_bad_share(bad: list, total: int, settings: DataSettings, label: str) -> None:
+    if not bad:
+        return
+    shown = "; ".join(f"{origin}: {reason}" for origin, reason in bad[:BAD_ROWS_SHOWN])
+    rest = f" (and {len(bad) - BAD_ROWS_SHOWN} more)" if len(bad) > BAD_ROWS_SHOWN else ""
+    share = len(bad) / max(total, 1)
+    if share > settings.max_bad_fraction:
+        raise DataError(
+            f"{label}: {len(bad)} of {total} rows unusable ({share:.0%}, over "
+            f"data.max_bad_fraction={settings.max_bad_fraction:.0%}): {shown}{rest}"
+        )
+    log.warning("%s: skipped %d unusable rows: %s%s", label, len(bad), shown, rest)
+
+
+def _tokenize_all(formatted: list, tokenizer, settings: DataSettings) -> tuple[list[Example], list, int]:
+    examples, bad, dropped = [], [], 0
+    for record, messages, task in formatted:
+        try:
+            examples.append(build_example(tokenizer, messages, task, settings.max_seq_length, settings.overlong))
+        except RowError as error:
+            if "longer than" in str(error):
+                dropped += 1
+            else:
+                bad.append((record.origin, str(error)))
+    return examples, bad, dropped
+
+
+def _to_dataset(examples: list[Example]):
+    import datasets
+
+    return datasets.Dataset.from_dict(
+        {
+            "input_ids": [e.input_ids for e in examples],
+            "labels": [e.labels for e in examples],
+            "task": [e.task for e in examples],
+            "length": [len(e.input_ids) for e in examples],
+        }
+    )
+
+
+def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
+    """Load, validate, format, tokenize, mask and split the configured data."""
+    records = load_records(settings.path)
+    if settings.max_rows:
+        records = records[: settings.max_rows]
+    if not records:
+        raise DataError(f"data.path {settings.path}: no rows")
+    formatted, bad, shape = _format_records(records, settings)
+    examples, bad_tokenized, dropped = _tokenize_all(formatted, tokenizer, settings)
+    bad += bad_tokenized
+    _check_bad_share(bad, len(records), settings, f"data.path {settings.path}")
+    if not examples:
+        raise DataError(f"data.path {settings.path}: every row was dropped as longer than "
+                        f"data.max_seq_length={settings.max_seq_length}; raise it")
+    if settings.eval_path:
+        eval_records = load_records(settings.eval_path)
+        eval_formatted, eval_bad, _ = _format_records(eval_records, settings)
+        eval_examples, eval_bad_tok, _ = _tokenize_all(eval_formatted, tokenizer, settings)
+        _check_bad_share(eval_bad + eval_bad_tok, len(eval_records), settings, f"data.eval_path {settings.eval_path}")
+        train_examples = examples
+    else:
+        train_idx, eval_idx = split_indices([e.task for e in examples], settings.eval_fraction, settings.split_seed)
+        train_examples = [examples[i] for i in train_idx]
+        eval_examples = [examples[i] for i in eval_idx]
+    if not train_examples or not eval_examples:
+        raise DataError(f"data.path {settings.path}: too few rows to split into train and eval "
+                        f"({len(examples)} usable); add rows or set data.eval_path")
+    return PreparedData(
+        train=_to_dataset(train_examples),
+        eval=_to_dataset(eval_examples),
+        shape=shape,
+        bad_rows=bad,
+        truncated=sum(e.truncated for e in examples),
+        dropped_overlong=dropped,
+        total_rows=len(records),
+    )
+
+
+def save_prepared(prepared: PreparedData, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared.train.save_to_disk(str(folder / "train"))
+    prepared.eval.save_to_disk(str(folder / "eval"))
+    summary = {
+        "shape": prepared.shape, "total_rows": prepared.total_rows, "train_rows": len(prepared.train),
+        "eval_rows": len(prepared.eval), "bad_rows": len(prepared.bad_rows),
+        "truncated": prepared.truncated, "dropped_overlong": prepared.dropped_overlong,
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+    return folder
+
+
+def load_prepared(folder: str | Path):
+    """The tokenized (train, eval) datasets, memory-mapped from the experiment folder."""
+    import datasets
+
+    folder = Path(folder)
+    return datasets.load_from_disk(str(folder / "train")), datasets.load_from_disk(str(folder / "eval"))
+
+
+# --------------------------------------------------------------------------- lengths
+
+
+def percentile(sorted_lengths: list[int], q: float) -> int:
+    """Nearest-rank percentile: the smallest length that covers q% of the rows."""
+    if not sorted_lengths:
+        return 0
+    rank = max(1, math.ceil(q / 100 * len(sorted_lengths)))
+    return sorted_lengths[rank - 1]
+
+
+def length_stats(lengths: list[int]) -> dict[str, int]:
+    ordered = sorted(lengths)
+    stats = {f"p{q}": percentile(ordered, q) for q in PERCENTILES}
+    stats["max"] = ordered[-1] if ordered else 0
+    stats["rows"] = len(ordered)
+    return stats
+
+
+def recommend_max_seq_length(lengths: list[int], coverage: float = 0.95) -> int:
+    """The smallest of 256/384/512/768/1024 that covers `coverage` of the rows (guide rule)."""
+    needed = percentile(sorted(lengths), coverage * 100)
+    for candidate in LENGTH_CANDIDATES:
+        if candidate >= needed:
+            return candidate
+    return LENGTH_CANDIDATES[-1]
+
+
+@dataclass
+class LengthReport:
+    per_task: dict[str, dict[str, int]]
+    overall: dict[str, int]
+    recommended: int
+    truncated_by_candidate: dict[int, int]
+    bad_rows: int
+    coverage: float
+
+
+def analyze_lengths(settings: DataSettings, tokenizer) -> LengthReport:
+    records = load_records(settings.path)
+    formatted, bad, _ = _format_records(records, settings)
+    lengths_by_task: dict[str, list[int]] = defaultdict(list)
+    lengths = []
+    for record, messages, task in formatted:
+        try:
+            ids, _ = encode_conversation(tokenizer, messages)
+        except RowError:
+            continue
+        lengths_by_task[task or "(none)"].append(len(ids))
+        lengths.append(len(ids))
+    if not lengths:
+        raise DataError(f"data.path {settings.path}: no usable rows to analyze")
+    counts = Counter()
+    for candidate in LENGTH_CANDIDATES:
+        counts[candidate] = sum(length > candidate for length in lengths)
+    return LengthReport(
+        per_task={task: length_stats(values) for task, values in sorted(lengths_by_task.items())},
+        overall=length_stats(lengths),
+        recommended=recommend_max_seq_length(lengths, settings.length_coverage),
+        truncated_by_candidate=dict(counts),
+        bad_rows=len(bad),
+        coverage=settings.length_coverage,
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class PadCollator:
+    """Pads a batch to its longest row: ids with the pad token, labels with -100."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), longest), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), longest), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), longest), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            ids[row, :n] = torch.tensor(feature["input_ids"], dtype=torch.long)
+            labels[row, :n] = torch.tensor(feature["labels"], dtype=torch.long)
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}

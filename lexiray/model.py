@@ -1,0 +1,150 @@
+"""Tokenizer, base model (optionally 4-/8-bit), LoRA adapter, precision and device choice."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from lexiray.config import LoraSettings, ModelSettings, TrainingSettings
+from lexiray.errors import ResourceError
+from lexiray.tiny import ensure_tiny_model, is_tiny
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What a training process sees; plain data so the choice logic is testable anywhere."""
+
+    cuda: bool
+    gpu_name: str = ""
+    compute_capability: tuple[int, int] = (0, 0)
+
+    @property
+    def bf16(self) -> bool:  # Ampere (8.0) and newer; a T4 is 7.5
+        return self.cuda and self.compute_capability >= (8, 0)
+
+
+def detect_hardware() -> Hardware:
+    import torch
+
+    if not torch.cuda.is_available():
+        return Hardware(cuda=False)
+    index = torch.cuda.current_device()
+    return Hardware(True, torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index))
+
+
+def choose_precision(requested: str, hardware: Hardware) -> str:
+    """fp32 on CPU, fp16 on GPUs without bf16 (T4), bf16 on Ampere and newer."""
+    if requested == "auto":
+        if not hardware.cuda:
+            return "fp32"
+        return "bf16" if hardware.bf16 else "fp16"
+    if requested in ("fp16", "bf16") and not hardware.cuda:
+        raise ResourceError(
+            f"training.precision={requested} needs a CUDA GPU and none is visible here; "
+            "use training.precision=auto (fp32 on CPU)"
+        )
+    if requested == "bf16" and not hardware.bf16:
+        raise ResourceError(
+            f"training.precision=bf16 needs an Ampere or newer GPU; {hardware.gpu_name or 'this GPU'} "
+            f"(compute capability {hardware.compute_capability[0]}.{hardware.compute_capability[1]}) "
+            "has none: use training.precision=fp16 or auto"
+        )
+    return requested
+
+
+def compute_dtype(precision: str):
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def resolve_model_path(name: str) -> str:
+    """'tiny' -> the cached offline model folder; anything else is a HF id or a local path."""
+    return str(ensure_tiny_model()) if is_tiny(name) else name
+
+
+def load_tokenizer(settings: ModelSettings):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        resolve_model_path(settings.name), trust_remote_code=settings.trust_remote_code, revision=settings.revision
+    )
+    if tokenizer.pad_token is None:  # Llama-style tokenizers ship without one
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(tokenizer, "chat_template", None):
+        from lexiray.tiny import CHAT_TEMPLATE
+
+        log.warning("%s has no chat template; using lexiray's ChatML template", settings.name)
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def quantization_config(settings: ModelSettings, precision: str):
+    if settings.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if settings.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=settings.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=settings.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype(precision),
+    )
+
+
+def load_base_model(settings: ModelSettings, precision: str):
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"trust_remote_code": settings.trust_remote_code, "revision": settings.revision,
+              "dtype": compute_dtype(precision)}
+    quant = quantization_config(settings, precision)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    return AutoModelForCausalLM.from_pretrained(resolve_model_path(settings.name), **kwargs)
+
+
+def lora_config(settings: LoraSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=settings.target_modules,
+        bias=settings.bias,
+        task_type="CAUSAL_LM",
+    )
+
+
+def build_peft_model(model_settings: ModelSettings, lora_settings: LoraSettings,
+                     training: TrainingSettings, precision: str):
+    """Base model (+ k-bit preparation for QLoRA) wrapped with a fresh LoRA adapter."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    model = load_base_model(model_settings, precision)
+    if model_settings.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    model.config.use_cache = False  # the KV cache is useless in training and breaks checkpointing
+    return get_peft_model(model, lora_config(lora_settings))
+
+
+def load_adapter_for_inference(adapter_dir: str, base_name: str | None = None):
+    """(model, tokenizer) from an exported adapter folder, for generation or evaluation."""
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    adapter_config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
+    base = resolve_model_path(base_name) if base_name else adapter_config["base_model_name_or_path"]
+    model = AutoModelForCausalLM.from_pretrained(base)
+    return PeftModel.from_pretrained(model, adapter_dir), AutoTokenizer.from_pretrained(adapter_dir)
