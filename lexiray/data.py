@@ -409,7 +409,7 @@ def percentile(sorted_lengths: list[int], q: float) -> int:
     """Nearest-rank percentile: the smallest length that covers q% of the rows."""
     if not sorted_lengths:
         return 0
-    rank = max(1, math.ceil(q / 100 * len(sorted_lengths)))
+    rank = max(1, math.ceil(round(q / 100 * len(sorted_lengths), 9)))  # round: 0.999*1000
     return sorted_lengths[rank - 1]
 
 

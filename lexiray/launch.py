@@ -26,7 +26,8 @@ RAY_ENV_DEFAULTS = {
 LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False) -> None:
+def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
+             log_to_driver: bool | None = None) -> None:
     """Connect to a cluster (address / RAY_ADDRESS, as under `ray job submit`) or start a
     local one in-process. Environment defaults are set before Ray starts so every worker
     inherits them."""
@@ -40,7 +41,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     if not address:
         for key, value in LOCAL_ONLY_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
-    kwargs = {"log_to_driver": verbose, "configure_logging": True,
+    kwargs = {"log_to_driver": verbose if log_to_driver is None else log_to_driver, "configure_logging": True,
               "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
         ray.init(address=address, **kwargs)
@@ -82,7 +83,7 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
                         callbacks: list | None = None, max_failures: int | None = None):
     """A Ray Train `TorchTrainer` running `trial.train_loop_per_worker` on the config's
     resources; checkpoints ranked by eval_loss, the best `keep_checkpoints` kept."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from lexiray.trial import train_loop_per_worker
@@ -112,6 +113,7 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
                 max_failures=config.tune.max_failures if max_failures is None else max_failures
             ),
             callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),  # no line per report / checkpoint
         ),
     )
 
@@ -149,6 +151,7 @@ def run_training(config: ExperimentConfig, output: Path, resume: bool = False, c
     """`lexiray train`: one trial through Ray Train; the adapter, tokenizer, resolved config
     and metrics are exported to `output`. `resume` continues the run already in `output`
     (Ray Train restores a run with the same storage path and name)."""
+    from lexiray.chaos import with_marker
     from lexiray.data import prepare_data, save_prepared
     from lexiray.errors import LexirayError
     from lexiray.model import load_tokenizer
@@ -169,10 +172,10 @@ def run_training(config: ExperimentConfig, output: Path, resume: bool = False, c
               f"({prepared.shape} shape, {len(prepared.bad_rows)} skipped, {prepared.truncated} truncated)")
         save_prepared(prepared, data_dir)
     write_resolved_config(config, output)
-    init_ray(address, verbose=verbose)
+    init_ray(address, verbose=verbose, log_to_driver=True)
     check_resources(config)
     loop_config = loop_config_for(config, data_dir, str(output / "tensorboard"), eval_on_start=True,
-                                  chaos=chaos)
+                                  chaos=with_marker(chaos, output))
     loop_config["print_progress"] = True
     trainer = build_torch_trainer(config, loop_config, storage_path=str(output / "ray"), name="train")
     started = time.time()

@@ -109,11 +109,23 @@ def _callbacks():
             finally:
                 state.log_history.pop()
 
-    return ThroughputCallback, FinalEvaluationCallback, LexirayReportCallback
+    class ProgressCallback(TrainerCallback):
+        """One line per log for `lexiray train` (Tune shows its own status lines)."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            parts = [f"step {state.global_step}/{state.max_steps}"]
+            for key in ("loss", "eval_loss", "learning_rate"):
+                if key in logs:
+                    parts.append(f"{key} {logs[key]:.4g}")
+            if len(parts) > 1:
+                print("  " + "  ".join(parts), flush=True)
+
+    return ThroughputCallback, FinalEvaluationCallback, LexirayReportCallback, ProgressCallback
 
 
 def build_training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
-                             eval_on_start: bool, tensorboard: bool):
+                             eval_on_start: bool):
     from transformers import TrainingArguments
 
     training = config.training
@@ -148,12 +160,21 @@ def build_training_arguments(config: ExperimentConfig, output_dir: str, precisio
         dataloader_num_workers=workers,
         dataloader_prefetch_factor=training.dataloader_prefetch_factor if workers > 0 else None,
         include_num_input_tokens_seen="non_padding",
-        report_to=["tensorboard"] if tensorboard else [],
+        report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
         disable_tqdm=True,
         seed=training.seed,
         data_seed=training.seed,
         remove_unused_columns=False,
     )
+
+
+def tensorboard_callback(folder: str):
+    """HF's TensorBoard callback with its writer pinned to `folder` (inside the experiment
+    folder, so `tensorboard --logdir` on the experiment shows every trial's curves)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=folder))
 
 
 def set_thread_count(cpus: float) -> None:
@@ -165,13 +186,26 @@ def set_thread_count(cpus: float) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
+def _datasets(loop_config: dict):
+    """The tokenized sets: from the object store (tuning) or the run folder (`train`)."""
+    refs = loop_config.get("data_refs")
+    if not refs:
+        return load_prepared(loop_config["data_dir"])
+    import datasets
+    import ray
+
+    return datasets.Dataset(ray.get(refs["train"])), datasets.Dataset(ray.get(refs["eval"]))
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker entry point. `loop_config` is plain data built by the driver:
     experiment (the resolved config), data_dir, tensorboard_dir, eval_on_start, started_at."""
     import ray.train
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
 
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report
     config = ExperimentConfig.model_validate(loop_config["experiment"])
     hardware = detect_hardware()
     if not hardware.cuda:
@@ -179,28 +213,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
     precision = choose_precision(config.training.precision, hardware)
 
     tensorboard_dir = loop_config.get("tensorboard_dir")
-    if tensorboard_dir:  # transformers 5 reads the folder from here (no logging_dir argument)
-        os.environ["TENSORBOARD_LOGGING_DIR"] = tensorboard_dir
-
     tokenizer = load_tokenizer(config.model)
     model = build_peft_model(config.model, config.lora, config.training, precision)
-    train_set, eval_set = load_prepared(loop_config["data_dir"])
+    train_set, eval_set = _datasets(loop_config)
     train_set = train_set.select_columns(["input_ids", "labels"])
     eval_set = eval_set.select_columns(["input_ids", "labels"])
 
     output_dir = tempfile.mkdtemp(prefix="lexiray-trial-")
     args = build_training_arguments(
         config, output_dir, precision, hardware.cuda,
-        eval_on_start=bool(loop_config.get("eval_on_start")), tensorboard=bool(tensorboard_dir),
+        eval_on_start=bool(loop_config.get("eval_on_start")),
     )
-    throughput_cls, final_eval_cls, report_cls = _callbacks()
+    throughput_cls, final_eval_cls, report_cls, progress_cls = _callbacks()
     throughput = throughput_cls(loop_config.get("started_at"))
-    callbacks = [throughput, final_eval_cls(), report_cls(throughput)]
+    callbacks = [throughput, final_eval_cls()]
     chaos = loop_config.get("chaos")
-    if chaos:
+    if chaos:  # before the report callback, so kill-save strikes before Ray persists
         from lexiray.chaos import chaos_callback
 
         callbacks.append(chaos_callback(chaos))
+    callbacks.append(report_cls(throughput))
+    if loop_config.get("print_progress"):
+        callbacks.append(progress_cls())
+    if tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
+        callbacks.append(tensorboard_callback(tensorboard_dir))
     trainer = Trainer(
         model=model,
         args=args,
@@ -210,6 +246,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         processing_class=tokenizer,
         callbacks=callbacks,
     )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts: ProgressCallback prints a clean line
     trainer = prepare_trainer(trainer)
 
     checkpoint = ray.train.get_checkpoint()

@@ -1,0 +1,233 @@
+"""`lexiray` command line: parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lexiray.errors import LexirayError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Tune LoRA / QLoRA fine-tuning of small causal LMs with Ray Tune + Ray Train.")
+console = Console(highlight=False, soft_wrap=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config path or preset name (default: smoke)")
+SetOption = typer.Option(None, "--set", "-s", help="Override a setting, e.g. --set lora.r=32 (repeatable)")
+DebugOption = typer.Option(False, "--debug", help="Show tracebacks")
+VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs")
+
+
+def _load(config: Optional[str], overrides: Optional[List[str]]):
+    from lexiray.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _parse_chaos(text: Optional[str]) -> Optional[dict]:
+    if not text:
+        return None
+    from lexiray.chaos import parse_chaos
+
+    return parse_chaos(text)
+
+
+@app.command()
+def train(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Output folder"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint"),
+    chaos: Optional[str] = typer.Option(None, "--chaos", help="Testing aid: kill-worker@step=N"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
+    verbose: bool = VerboseOption,
+    debug: bool = DebugOption,
+):
+    """Run one training trial through Ray Train and export its adapter."""
+    from lexiray.launch import run_training
+
+    settings = _load(config, set_)
+    console.print(f"lexiray train: [bold]{settings.name}[/] — model {settings.model.name}, output {output}")
+    summary = run_training(settings, output, resume=resume, chaos=_parse_chaos(chaos), address=address,
+                           verbose=verbose)
+    start, final = summary.get("eval_loss_at_start"), summary.get("eval_loss_final")
+    console.print(f"eval_loss: {start if start is None else f'{start:.4f}'} at step 0 → "
+                  f"{final if final is None else f'{final:.4f}'} at the end "
+                  f"(best {summary.get('eval_loss_best', float('nan')):.4f}); "
+                  f"{summary['final'].get('samples_per_second', 0):.1f} samples/s, "
+                  f"{summary['final'].get('tokens_per_second', 0):.0f} tokens/s, "
+                  f"peak memory {summary['final'].get('peak_memory_mb', 0):.0f} MB, "
+                  f"{summary['wall_time_s']:.0f} s")
+    console.print(f"adapter: {output.resolve()}")
+    console.print(f"tensorboard --logdir {(output / 'tensorboard').resolve()}")
+
+
+@app.command()
+def tune(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Trials to run"),
+    max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Trials at once"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 90m, 2h"),
+    storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
+    name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
+    chaos: Optional[str] = typer.Option(None, "--chaos", help="Testing aid: kill-worker@step=N"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
+    verbose: bool = VerboseOption,
+    debug: bool = DebugOption,
+):
+    """Tune the config's search space with Ray Tune + ASHA; print the leaderboard; export the best adapter."""
+    from lexiray.tune import parse_duration, run_tuning
+
+    overrides = list(set_ or [])
+    for key, value in (("tune.num_samples", num_samples), ("tune.max_concurrent_trials", max_concurrent),
+                       ("tune.storage_path", storage_path), ("tune.name", name)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if time_budget is not None:
+        overrides.append(f"tune.time_budget_s={parse_duration(time_budget)}")
+    settings = _load(config, overrides)
+    run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose)
+
+
+@app.command()
+def resume(
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or name under the default storage"),
+    retry_errored: bool = typer.Option(False, "--retry-errored", help="Run errored trials again"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
+    verbose: bool = VerboseOption,
+    debug: bool = DebugOption,
+):
+    """Continue an interrupted tuning experiment from what is in its storage."""
+    from lexiray.tune import resume_tuning
+
+    resume_tuning(path, console=console, retry_errored=retry_errored, address=address, verbose=verbose)
+
+
+@app.command()
+def analyze(
+    data: Optional[str] = typer.Argument(None, help="Data file / folder / dataset id (default: the config's)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens"),
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    debug: bool = DebugOption,
+):
+    """Token-length percentiles per task and the recommended max_seq_length."""
+    from lexiray.data import LENGTH_CANDIDATES, analyze_lengths
+    from lexiray.model import load_tokenizer
+
+    overrides = list(set_ or [])
+    if data:
+        overrides.append(f"data.path={data}")
+    if model:
+        overrides.append(f"model.name={model}")
+    settings = _load(config, overrides)
+    report = analyze_lengths(settings.data, load_tokenizer(settings.model))
+    table = Table(title=f"token lengths — {settings.data.path} ({settings.model.name} tokenizer)")
+    for column in ("task", "rows", "p50", "p90", "p95", "p99", "max"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task, stats in [*report.per_task.items(), ("all", report.overall)]:
+        table.add_row(task, *(str(stats[k]) for k in ("rows", "p50", "p90", "p95", "p99", "max")))
+    console.print(table)
+    truncation = ", ".join(f"{c}: {report.truncated_by_candidate[c]}" for c in LENGTH_CANDIDATES)
+    console.print(f"rows longer than each candidate max_seq_length — {truncation}")
+    if report.bad_rows:
+        console.print(f"{report.bad_rows} unusable rows were left out")
+    console.print(f"recommended data.max_seq_length: {report.recommended} "
+                  f"(covers {report.coverage:.0%} of rows)")
+
+
+@app.command()
+def presets(debug: bool = DebugOption):
+    """Print the presets side by side."""
+    from lexiray.config import SEARCH_SPACES_DIR, load_config
+
+    configs = [load_config(p) for p in sorted(SEARCH_SPACES_DIR.glob("*.yaml"))]
+    order = {"speed": 0, "balanced": 1, "quality": 2}
+    configs.sort(key=lambda c: order.get(c.name, 9))
+    table = Table(title="lexiray presets (search_spaces/)")
+    table.add_column("setting")
+    for c in configs:
+        table.add_column(c.name, justify="right")
+    rows = [
+        ("model", lambda c: c.model.name),
+        ("max_seq_length", lambda c: c.data.max_seq_length),
+        ("r / alpha / dropout", lambda c: f"{c.lora.r} / {c.lora.alpha} / {c.lora.dropout:g}"),
+        ("epochs", lambda c: f"{c.training.num_train_epochs:g}"),
+        ("batch × accum", lambda c: f"{c.training.per_device_train_batch_size} × {c.training.gradient_accumulation_steps}"),
+        ("learning_rate", lambda c: f"{c.training.learning_rate:g}"),
+        ("optim", lambda c: c.training.optim),
+        ("save_steps", lambda c: c.training.save_steps),
+        ("gpus / cpus per trial", lambda c: f"{c.resources.gpus_per_trial:g} / {c.resources.cpus_per_trial:g}"),
+        ("trials", lambda c: c.tune.num_samples),
+        ("searched", lambda c: ", ".join(k.split(".")[-1] for k in c.search) or "-"),
+    ]
+    for label, get in rows:
+        table.add_row(label, *(str(get(c)) for c in configs))
+    console.print(table)
+
+
+@app.command()
+def report(
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name)"),
+    debug: bool = DebugOption,
+):
+    """Rebuild and print the leaderboard (and plots) of an experiment folder."""
+    from lexiray.report import build_report, print_leaderboard
+
+    summary = build_report(Path(path))
+    print_leaderboard(summary, console)
+
+
+@app.command()
+def export(
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Destination (default: PATH/best)"),
+    trial: Optional[str] = typer.Option(None, "--trial", help="Trial id (default: the best)"),
+    debug: bool = DebugOption,
+):
+    """Export a trial's best adapter (default: the best trial's) with its tokenizer and config."""
+    from lexiray.report import export_trial
+
+    destination = export_trial(Path(path), output, trial)
+    console.print(f"adapter exported to {destination}")
+
+
+def main() -> None:
+    debug = "--debug" in sys.argv
+    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        app(standalone_mode=False)
+    except LexirayError as error:
+        if debug:
+            traceback.print_exc()
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {error}", markup=False)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as stop:
+        code = getattr(stop, "exit_code", getattr(stop, "code", 0))
+        sys.exit(code or 0)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: resume with `lexiray resume <storage_path/name>`")
+        sys.exit(130)
+    except Exception as error:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(2)
+        if isinstance(error, click.exceptions.Abort):
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

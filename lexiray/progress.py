@@ -1,0 +1,55 @@
+"""Live progress of a tuning run: one status line per trial event, not Ray's raw tables."""
+
+from __future__ import annotations
+
+from ray.tune import Callback
+
+
+def _console():
+    # Created on use, never stored: Tune pickles its callbacks with the experiment state.
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _sample(trial) -> str:
+    from lexiray.space import describe_sample
+
+    return describe_sample(trial.config)
+
+
+class ProgressCallback(Callback):
+    """Prints trial starts, each evaluation (step / total, eval_loss), stops and errors."""
+
+    def __init__(self, console=None, max_t: int | None = None):
+        self.max_t = max_t
+        self.best = None
+
+    def __getstate__(self):
+        return {"max_t": self.max_t, "best": self.best}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        _console().print(f"[cyan]{trial.trial_id}[/] started   {_sample(trial)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        loss = result.get("eval_loss")
+        if loss is None:
+            return
+        total = result.get("total_steps", self.max_t)
+        marker = ""
+        if self.best is None or loss < self.best:
+            self.best, marker = loss, "  [green]best so far[/]"
+        running = sum(1 for t in trials if t.status == "RUNNING")
+        done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
+        _console().print(f"[cyan]{trial.trial_id}[/] step {result.get('step', '?')}/{total}  "
+                         f"eval_loss {loss:.4f}{marker}   [dim]({running} running, {done} done)[/]")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        step, total = last.get("step"), last.get("total_steps", self.max_t)
+        how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
+        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  "
+                         f"eval_loss {last.get('eval_loss', float('nan')):.4f}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _console().print(f"[red]{trial.trial_id} failed[/]: see {trial.path}/error.txt")

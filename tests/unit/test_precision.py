@@ -1,0 +1,80 @@
+"""lexiray.model.choose_precision on described hardware, and lexiray.chaos.parse_chaos."""
+
+from __future__ import annotations
+
+import pytest
+
+from lexiray.chaos import parse_chaos, with_marker
+from lexiray.errors import ConfigError, ResourceError
+from lexiray.model import Hardware, choose_precision
+
+CPU = Hardware(cuda=False)
+T4 = Hardware(cuda=True, gpu_name="Tesla T4", compute_capability=(7, 5))
+V100 = Hardware(cuda=True, gpu_name="Tesla V100", compute_capability=(7, 0))
+A100 = Hardware(cuda=True, gpu_name="NVIDIA A100", compute_capability=(8, 0))
+H100 = Hardware(cuda=True, gpu_name="NVIDIA H100", compute_capability=(9, 0))
+
+
+@pytest.mark.parametrize("hardware, expected", [(CPU, "fp32"), (T4, "fp16"), (V100, "fp16"),
+                                                (A100, "bf16"), (H100, "bf16")])
+def test_auto_precision(hardware, expected):
+    assert choose_precision("auto", hardware) == expected
+
+
+def test_bf16_capability():
+    assert not CPU.bf16
+    assert not T4.bf16
+    assert A100.bf16 and H100.bf16
+    assert not Hardware(cuda=False, compute_capability=(8, 0)).bf16
+
+
+@pytest.mark.parametrize("requested, hardware", [("fp32", CPU), ("fp32", T4), ("fp16", T4), ("fp16", A100),
+                                                 ("bf16", A100), ("fp32", A100)])
+def test_explicit_precision_allowed(requested, hardware):
+    assert choose_precision(requested, hardware) == requested
+
+
+@pytest.mark.parametrize("requested", ["fp16", "bf16"])
+def test_half_precision_on_cpu_fails(requested):
+    with pytest.raises(ResourceError) as info:
+        choose_precision(requested, CPU)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "CUDA" in message
+    assert requested in message
+
+
+def test_bf16_on_t4_fails():
+    with pytest.raises(ResourceError) as info:
+        choose_precision("bf16", T4)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "Ampere" in message
+    assert "Tesla T4" in message and "7.5" in message
+    assert "fp16" in message  # the fix
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("kill-worker@step=3", {"action": "kill-worker", "step": 3}),
+    ("kill-save@step=12", {"action": "kill-save", "step": 12}),
+    ("  kill-worker@step=1\n", {"action": "kill-worker", "step": 1}),
+])
+def test_parse_chaos_good(text, expected):
+    assert parse_chaos(text) == expected
+
+
+@pytest.mark.parametrize("text", ["kill-worker@step=0", "kill-worker", "kill-worker@step=", "kill-worker@step=-1",
+                                  "kill-all@step=3", "kill-worker@epoch=3", "kill-worker@step=3x", "",
+                                  "KILL-WORKER@step=3"])
+def test_parse_chaos_bad(text):
+    with pytest.raises(ConfigError) as info:
+        parse_chaos(text)
+    message = str(info.value)
+    assert "kill-worker@step=N" in message
+    assert "\n" not in message
+
+
+def test_with_marker(tmp_path):
+    assert with_marker(None, tmp_path) is None
+    bound = with_marker({"action": "kill-save", "step": 4}, tmp_path)
+    assert bound == {"action": "kill-save", "step": 4, "marker": str(tmp_path / ".chaos-fired")}
