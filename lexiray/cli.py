@@ -17,7 +17,8 @@ from lexiray.errors import LexirayError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Tune LoRA / QLoRA fine-tuning of small causal LMs with Ray Tune + Ray Train.")
-console = Console(highlight=False, soft_wrap=True)
+# Without a terminal (CI, `ray job submit` logs) rich would wrap tables at 80 columns.
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config path or preset name (default: smoke)")
 SetOption = typer.Option(None, "--set", "-s", help="Override a setting, e.g. --set lora.r=32 (repeatable)")

@@ -23,7 +23,7 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
 }
-LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False,

@@ -100,7 +100,7 @@ def default_concurrency(config: ExperimentConfig) -> int:
     return max(1, int(total.get("CPU", 0) // (resources.cpus_per_trial * resources.num_workers)))
 
 
-def search_algorithm(config: ExperimentConfig):
+def search_algorithm(config: ExperimentConfig, concurrency: int):
     from ray.tune.search import BasicVariantGenerator
 
     if config.tune.search_alg == "optuna":
@@ -110,7 +110,8 @@ def search_algorithm(config: ExperimentConfig):
         except ImportError:
             raise ConfigError("tune.search_alg=optuna needs Optuna: pip install 'lexiray[optuna]'") from None
         return OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=config.tune.seed)
-    return BasicVariantGenerator(random_state=config.tune.seed)
+    # Tune ignores max_concurrent_trials for an explicit BasicVariantGenerator: set it here.
+    return BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
 
 
 def scheduler(config: ExperimentConfig, max_t: int, grace: int):
@@ -227,7 +228,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
         tune_config=tune.TuneConfig(
             num_samples=config.tune.num_samples,
             max_concurrent_trials=concurrency,
-            search_alg=search_algorithm(config),
+            search_alg=search_algorithm(config, concurrency),
             scheduler=scheduler(config, max_t, grace),
             time_budget_s=config.tune.time_budget_s,
             trial_name_creator=lambda trial: trial.trial_id,

@@ -1,0 +1,38 @@
+# Two commands a newcomer needs:  make demo   |   make test
+# Both create .venv on first use (idempotent: a stamp file records the install).
+PYTHON ?= python3
+VENV   ?= .venv
+# The CPU build of torch. On a GPU machine set TORCH=torch (or a CUDA-specific wheel).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.lexiray-installed
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: setup demo test test-fast benchmarks clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing torch ($(TORCH)) and lexiray into $(VENV) — about 2 minutes the first time"
+	@$(PIP) install -q "$(TORCH)" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PIP) install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import lexiray, torch, ray, transformers, peft" || { echo "install failed"; exit 1; }
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# A real local Ray Tune run with ASHA over the tiny offline model and the bundled data.
+demo: $(STAMP)
+	$(BIN)/lexiray tune
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+benchmarks: $(STAMP)
+	$(BIN)/python benchmarks/ray_overhead.py
+	$(BIN)/python benchmarks/asha_vs_fifo.py
+
+clean:
+	rm -rf $(VENV) lexiray_results runs .pytest_cache

@@ -1,0 +1,86 @@
+"""`lexiray tune` through a real local Ray Tune + Train run with ASHA on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+# Six trials, two at a time; three learning rates are far too small to learn, so ASHA has
+# clearly worse trials to stop at its rungs while the good ones run to max_t.
+FAST_TUNE = [
+    "--num-samples", "1",
+    "--set", "data.max_rows=200",
+    "--set", "training.save_steps=4", "--set", "training.eval_steps=4",
+    "--set", "search.training.learning_rate={grid: [6.0e-3, 1.0e-6, 5.0e-3, 1.0e-6, 1.0e-6, 4.0e-3]}",
+    "--set", "search.lora.r={choice: [4, 8]}",
+]
+
+
+def _evaluate_adapter(best_dir, config_path):
+    """eval_loss of the exported adapter on the experiment's eval split, recomputed."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from lexiray.config import config_from_dict, read_yaml
+    from lexiray.data import PadCollator, prepare_data
+    from lexiray.model import load_tokenizer
+
+    config = config_from_dict(read_yaml(config_path))
+    tokenizer = load_tokenizer(config.model)
+    prepared = prepare_data(config.data, tokenizer)
+    adapter_config = json.loads((best_dir / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
+    model = PeftModel.from_pretrained(base, str(best_dir))
+    args = TrainingArguments(output_dir=str(best_dir / "eval"), per_device_eval_batch_size=config.training.per_device_eval_batch_size,
+                             report_to=[], use_cpu=True, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
+                      eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]))
+    return trainer.evaluate()["eval_loss"]
+
+
+def test_tune_with_asha(tmp_path, no_ray_leftovers):
+    result = run_cli(["tune", *FAST_TUNE, "--storage-path", str(tmp_path / "results"), "--name", "asha"],
+                     cwd=tmp_path, check=True)
+    root = tmp_path / "results" / "asha"
+    out = result.stdout
+    assert f"tensorboard --logdir {root / 'tensorboard'}" in out
+    assert out.count(f"tensorboard --logdir {root / 'tensorboard'}") == 2  # at the start and the end
+    assert "best adapter:" in out and "leaderboard" in out
+
+    with (root / "leaderboard.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6
+    assert all(row["status"] in ("DONE", "STOPPED") for row in rows), rows
+    losses = [float(row["eval_loss"]) for row in rows]
+    assert losses == sorted(losses)
+    total = int(rows[0]["total_steps"])
+    assert any(row["stopped_early"] == "True" and int(row["steps"]) < total for row in rows)
+    assert any(int(row["steps"]) == total for row in rows)
+
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["trials"] == 6 and summary["stopped_early"] >= 1
+    assert summary["best"]["trial_id"] == rows[0]["trial_id"]
+    best_dir = root / "best"
+    best_metrics = json.loads((best_dir / "metrics.json").read_text())
+    assert best_metrics["eval_loss_best"] == pytest.approx(losses[0])
+    # the exported adapter really is the checkpoint that scored the leaderboard's first row
+    assert _evaluate_adapter(best_dir, root / "config.yaml") == pytest.approx(losses[0], rel=1e-4)
+    # every trial wrote its HF curves into the experiment folder, one TensorBoard run each
+    runs = [p for p in (root / "tensorboard").iterdir() if p.is_dir()]
+    assert len(runs) == 6 and all(list(run.glob("events.out.tfevents.*")) for run in runs)
+
+
+def test_tune_gpu_request_without_gpu_fails_fast(tmp_path, no_ray_leftovers):
+    result = run_cli(["tune", "--set", "resources.gpus_per_trial=1", "--storage-path", str(tmp_path / "r"),
+                      "--name", "gpu"], cwd=tmp_path, timeout=180)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "gpus_per_trial" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "r" / "gpu").glob("trial_*"))  # no trial started
