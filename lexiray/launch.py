@@ -80,7 +80,8 @@ def check_resources(config: ExperimentConfig) -> None:
 
 
 def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_path: str, name: str,
-                        callbacks: list | None = None, max_failures: int | None = None):
+                        callbacks: list | None = None, max_failures: int | None = None,
+                        driver_cpus: float = 0.0):
     """A Ray Train `TorchTrainer` running `trial.train_loop_per_worker` on the config's
     resources; checkpoints ranked by eval_loss, the best `keep_checkpoints` kept."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
@@ -89,7 +90,9 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
     from lexiray.trial import train_loop_per_worker
 
     resources = config.resources
-    per_worker = {"CPU": resources.cpus_per_trial}
+    # A Tune trial's driver holds a sliver of CPU; the first worker gives it back, or on a
+    # 2-CPU machine 2 x (1 + 0.01) CPUs would not fit and trials would run one at a time.
+    per_worker = {"CPU": max(resources.cpus_per_trial - driver_cpus / resources.num_workers, 0.01)}
     if resources.gpus_per_trial:
         per_worker["GPU"] = resources.gpus_per_trial
     return TorchTrainer(

@@ -18,15 +18,37 @@ def _sample(trial) -> str:
     return describe_sample(trial.config)
 
 
+def mark_finished(folder: str, trial_id: str, last_result: dict) -> None:
+    """Record at once that a trial is over (done or stopped by ASHA). Tune persists its
+    experiment state only every so often, and a driver killed in between would otherwise
+    run a finished trial again on resume."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    kept = {k: v for k, v in last_result.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    temporary = path / f".{trial_id}.json.tmp"
+    temporary.write_text(json.dumps(kept))
+    temporary.replace(path / f"{trial_id}.json")  # atomic: complete or absent
+
+
+def is_finished(folder: str | None, trial_id: str) -> bool:
+    from pathlib import Path
+
+    return bool(folder) and (Path(folder) / f"{trial_id}.json").is_file()
+
+
 class ProgressCallback(Callback):
     """Prints trial starts, each evaluation (step / total, eval_loss), stops and errors."""
 
-    def __init__(self, console=None, max_t: int | None = None):
+    def __init__(self, console=None, max_t: int | None = None, finished_dir: str | None = None):
         self.max_t = max_t
         self.best = None
+        self.finished_dir = finished_dir
 
     def __getstate__(self):
-        return {"max_t": self.max_t, "best": self.best}
+        return {"max_t": self.max_t, "best": self.best, "finished_dir": self.finished_dir}
 
     def on_trial_start(self, iteration, trials, trial, **info):
         _console().print(f"[cyan]{trial.trial_id}[/] started   {_sample(trial)}")
@@ -46,6 +68,8 @@ class ProgressCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        if self.finished_dir:
+            mark_finished(self.finished_dir, trial.trial_id, last)
         step, total = last.get("step"), last.get("total_steps", self.max_t)
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
         _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  "

@@ -47,6 +47,7 @@ def _callbacks():
             self.train_seconds = 0.0
             self.step_began = None
             self.first_step_at = None
+            self.first_step_perf = self.last_step_end = 0.0
             self.start_step = 0
             self.start_tokens = 0
 
@@ -58,10 +59,12 @@ def _callbacks():
             self.step_began = time.perf_counter()
             if self.first_step_at is None:
                 self.first_step_at = time.time()
+                self.first_step_perf = self.step_began
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.step_began is not None:
-                self.train_seconds += time.perf_counter() - self.step_began
+                self.last_step_end = time.perf_counter()
+                self.train_seconds += self.last_step_end - self.step_began
                 self.step_began = None
 
         def metrics(self, args, state) -> dict:
@@ -75,7 +78,11 @@ def _callbacks():
                 "steps_per_second": steps / seconds,
                 "peak_memory_mb": peak_memory_mb(),
                 "total_steps": state.max_steps,
+                "resumed_from_step": self.start_step,  # > 0 after a restore: steps kept
             }
+            if steps > 1 and self.first_step_at is not None:
+                # steps over the whole training phase, evaluations and checkpoints included
+                metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_perf)
             if self.started_at is not None and self.first_step_at is not None:
                 metrics["startup_s"] = self.first_step_at - self.started_at
             return metrics
@@ -181,7 +188,7 @@ def set_thread_count(cpus: float) -> None:
     """Ray starts workers with OMP_NUM_THREADS=1; give torch the CPUs the trial holds."""
     import torch
 
-    threads = max(1, int(cpus))
+    threads = max(1, round(cpus))  # 0.99 CPU (a trial driver's sliver given back) is 1 thread
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
 

@@ -137,9 +137,13 @@ def run_trial(sample: dict, base: dict, data_refs: dict, experiment: dict) -> No
     from lexiray.launch import build_torch_trainer, loop_config_for
     from lexiray.space import apply_sample, describe_sample
 
+    from lexiray.progress import is_finished
+
     config = apply_sample(config_from_dict(base), sample)
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
+    if is_finished(experiment.get("finished_dir"), trial_id):
+        return  # finished (or stopped by ASHA) before a driver restart: never train it again
     tensorboard = None
     if experiment["tensorboard_root"]:
         tensorboard = str(Path(experiment["tensorboard_root"]) / f"{trial_id} {describe_sample(sample)}")
@@ -149,7 +153,7 @@ def run_trial(sample: dict, base: dict, data_refs: dict, experiment: dict) -> No
     loop_config = loop_config_for(config, "", tensorboard, chaos=chaos)
     loop_config["data_refs"] = data_refs
     trainer = build_torch_trainer(config, loop_config, storage_path=experiment["trials_storage"], name=trial_id,
-                                  callbacks=[TuneReportCallback()])
+                                  callbacks=[TuneReportCallback()], driver_cpus=TRIAL_DRIVER_CPUS)
     trainer.fit()
 
 
@@ -188,6 +192,7 @@ def _experiment_info(storage: str, name: str, chaos: dict | None) -> dict:
         "trials_storage": join(root, "trials"),
         "tensorboard_root": None if is_uri(root) else str(Path(root) / "tensorboard"),
         "chaos": with_marker(chaos, Path(root)) if chaos and not is_uri(root) else None,
+        "finished_dir": None if is_uri(root) else str(Path(root) / "finished"),
     }
 
 
@@ -238,7 +243,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
             name=name,
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
-            callbacks=[ProgressCallback(console, max_t)],
+            callbacks=[ProgressCallback(console, max_t, experiment["finished_dir"])],
             verbose=1 if verbose else 0,
         ),
     )

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 FAST_TUNE = [
     "--num-samples", "1",
     "--set", "data.max_rows=200",
+    "--set", "training.max_steps=16",
     "--set", "training.save_steps=4", "--set", "training.eval_steps=4",
     "--set", "search.training.learning_rate={grid: [6.0e-3, 1.0e-6, 5.0e-3, 1.0e-6, 1.0e-6, 4.0e-3]}",
     "--set", "search.lora.r={choice: [4, 8]}",

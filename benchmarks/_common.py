@@ -1,0 +1,78 @@
+"""Shared helpers of the benchmarks: a config file for the CLI and the plain HF baseline."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from lexiray.config import SEARCH_SPACES_DIR, read_yaml
+
+
+def write_config(folder: Path, name: str, changes: dict, search: dict | None = None) -> Path:
+    """smoke.yaml with dotted-key changes and a replacement search block."""
+    raw = read_yaml(SEARCH_SPACES_DIR / "smoke.yaml")
+    for key, value in changes.items():
+        section, field = key.split(".", 1)
+        raw.setdefault(section, {})[field] = value
+    if search is not None:
+        raw["search"] = search
+    raw["name"] = name
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def run_tune(config_path: Path, storage: Path, name: str, extra: list[str] | None = None) -> tuple[float, Path]:
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "lexiray", "tune", "-c", str(config_path), "--storage-path", str(storage),
+                    "--name", name, *(extra or [])], check=True, stdin=subprocess.DEVNULL,
+                   stdout=subprocess.DEVNULL)
+    return time.time() - started, storage / name
+
+
+def trial_results(root: Path) -> dict[str, list[dict]]:
+    results = {}
+    for folder in sorted(root.glob("trial_*")):
+        lines = (folder / "result.json").read_text().splitlines()
+        results[folder.name] = [json.loads(line) for line in lines if line.strip()]
+    return results
+
+
+def plain_hf_run(config, threads: int) -> dict:
+    """The same trial as a plain script: HF Trainer + PEFT in this process, no Ray."""
+    import torch
+    from transformers import Trainer
+
+    from lexiray.data import PadCollator, prepare_data
+    from lexiray.model import build_peft_model, load_tokenizer
+    from lexiray.trial import _callbacks, build_training_arguments
+
+    torch.set_num_threads(threads)
+    started = time.time()
+    tokenizer = load_tokenizer(config.model)
+    prepared = prepare_data(config.data, tokenizer)
+    model = build_peft_model(config.model, config.lora, config.training, "fp32")
+    throughput_cls, final_eval_cls, _, _ = _callbacks()
+    throughput = throughput_cls(started)
+    with tempfile.TemporaryDirectory() as output:
+        args = build_training_arguments(config, output, "fp32", cuda=False, eval_on_start=False)
+        trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
+                          train_dataset=prepared.train.select_columns(["input_ids", "labels"]),
+                          eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]),
+                          callbacks=[throughput, final_eval_cls()])
+        trainer.train()
+        metrics = throughput.metrics(args, trainer.state)
+        metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
+    metrics["wall_s"] = time.time() - started
+    return metrics
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")

@@ -1,0 +1,131 @@
+"""Real kills, real signals: a worker SIGKILLed mid-run, during a checkpoint save, and a
+tuning driver SIGKILLed mid-experiment; each run resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env, kill_ray_processes, run_cli
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["--set", "training.max_steps=18", "--set", "training.save_steps=6", "--set", "training.eval_steps=6"]
+SAVE_STEPS = 6
+
+
+def _fired(output: Path) -> dict:
+    text = (output / ".chaos-fired").read_text()
+    spec, _ = text.split(" pid=")
+    action, step = spec.split("@step=")
+    return {"action": action, "step": int(step)}
+
+
+def _check_resumed_run(output: Path, killed_step: int) -> dict:
+    metrics = json.loads((output / "metrics.json").read_text())
+    final = metrics["final"]
+    assert final["step"] == final["total_steps"] == 18  # the undisturbed run's final step
+    resumed_from = final["resumed_from_step"]
+    assert 0 < resumed_from <= killed_step
+    assert killed_step - resumed_from <= SAVE_STEPS  # at most one checkpoint interval re-done
+    steps = [entry["step"] for entry in metrics["history"] if "eval_loss" in entry]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # no reset in the history
+    return metrics
+
+
+def test_worker_killed_between_checkpoints_resumes(tmp_path, no_ray_leftovers):
+    undisturbed, disturbed = tmp_path / "undisturbed", tmp_path / "killed"
+    run_cli(["train", *SHORT, "--output", str(undisturbed)], cwd=tmp_path, check=True)
+    run_cli(["train", *SHORT, "--chaos", "kill-worker@step=9", "--output", str(disturbed)], cwd=tmp_path,
+            check=True)
+    fired = _fired(disturbed)
+    assert fired == {"action": "kill-worker", "step": 9}
+    metrics = _check_resumed_run(disturbed, killed_step=9)
+    assert metrics["final"]["resumed_from_step"] == 6
+    reference = json.loads((undisturbed / "metrics.json").read_text())
+    assert reference["final"]["resumed_from_step"] == 0
+    # optimizer, scheduler, RNG and data position restored: the same losses as no kill
+    assert metrics["eval_loss_final"] == pytest.approx(reference["eval_loss_final"], rel=1e-4)
+
+
+def test_kill_during_checkpoint_save_uses_previous_checkpoint(tmp_path, no_ray_leftovers):
+    output = tmp_path / "killed-in-save"
+    run_cli(["train", *SHORT, "--chaos", "kill-save@step=12", "--output", str(output)], cwd=tmp_path, check=True)
+    assert _fired(output) == {"action": "kill-save", "step": 12}
+    metrics = _check_resumed_run(output, killed_step=12)
+    assert metrics["final"]["resumed_from_step"] == 6  # step 12's checkpoint never became visible
+    # every persisted checkpoint is complete: it loads as an adapter
+    for checkpoint in (output / "ray" / "train").glob("checkpoint_*"):
+        assert (checkpoint / "checkpoint" / "adapter_model.safetensors").is_file()
+
+
+def test_train_resume_continues_a_run(tmp_path, no_ray_leftovers):
+    output = tmp_path / "resumed"
+    run_cli(["train", "--set", "training.max_steps=12", "--set", "training.save_steps=6",
+             "--set", "training.eval_steps=6", "--output", str(output)], cwd=tmp_path, check=True)
+    run_cli(["train", *SHORT, "--resume", "--output", str(output)], cwd=tmp_path, check=True)
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["final"]["step"] == 18 and metrics["final"]["resumed_from_step"] == 12
+
+
+def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"tune exited early ({process.returncode}): {process.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError("timed out waiting for the experiment to reach the kill point")
+
+
+def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
+    root = tmp_path / "results" / "drv"
+    args = [sys.executable, "-m", "lexiray", "tune", "--num-samples", "4", "--storage-path", str(tmp_path / "results"),
+            "--name", "drv", "--set", "tune.scheduler=fifo", *SHORT]
+    log = (tmp_path / "tune.log").open("w+")
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    process.stdout = log
+    try:
+        finished = root / "finished"
+
+        def one_finished_one_midway() -> bool:
+            done = {p.stem for p in finished.glob("*.json")} if finished.is_dir() else set()
+            if not done:
+                return False
+            midway = [d for d in (root / "trials").iterdir()
+                      if d.name not in done and list(d.glob("checkpoint_*"))] if (root / "trials").is_dir() else []
+            return bool(midway)
+
+        _wait_for(one_finished_one_midway, timeout=400, process=process)
+        time.sleep(1.0)
+        done_before = {p.stem for p in finished.glob("*.json")}
+        checkpoints_before = {t: sorted(c.name for c in (root / "trials" / t).glob("checkpoint_*"))
+                              for t in done_before}
+        os.killpg(process.pid, signal.SIGKILL)  # the driver and its local Ray head, at once
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    kill_ray_processes()  # what SIGKILL leaves: dashboard agent, raylet, workers
+
+    started = time.time()
+    result = run_cli(["resume", str(root)], cwd=tmp_path, check=True, timeout=600)
+    resume_seconds = time.time() - started
+    with (root / "leaderboard.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4 and all(row["status"] == "DONE" for row in rows), rows
+    for trial_id in done_before:  # a finished trial was not trained again
+        after = sorted(c.name for c in (root / "trials" / trial_id).glob("checkpoint_*"))
+        assert after == checkpoints_before[trial_id]
+    assert "best adapter:" in result.stdout
+    print(f"resume took {resume_seconds:.1f} s; finished before the kill: {sorted(done_before)}")
