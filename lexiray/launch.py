@@ -23,6 +23,7 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
 }
+LOCAL_CLUSTER_ENV = "LEXIRAY_LOCAL_CLUSTER"
 LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
@@ -41,6 +42,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     if not address:
         for key, value in LOCAL_ONLY_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
+        os.environ[LOCAL_CLUSTER_ENV] = "1"  # inherited by every worker of this local cluster
     kwargs = {"log_to_driver": verbose if log_to_driver is None else log_to_driver, "configure_logging": True,
               "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
@@ -85,7 +87,6 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
     """A Ray Train `TorchTrainer` running `trial.train_loop_per_worker` on the config's
     resources; checkpoints ranked by eval_loss, the best `keep_checkpoints` kept."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from lexiray.trial import train_loop_per_worker
 
@@ -95,7 +96,7 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
     per_worker = {"CPU": max(resources.cpus_per_trial - driver_cpus / resources.num_workers, 0.01)}
     if resources.gpus_per_trial:
         per_worker["GPU"] = resources.gpus_per_trial
-    return TorchTrainer(
+    return lean_torch_trainer_class()(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ScalingConfig(
@@ -119,6 +120,31 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
             logging_config=LoggingConfig(log_level="WARNING"),  # no line per report / checkpoint
         ),
     )
+
+
+def lean_torch_trainer_class():
+    """`TorchTrainer` without the actors lexiray has no use for. Every Train run starts a
+    DatasetManager actor (and pushes Ray Data's context to the workers) even when no
+    `datasets=` is given, and a detached placement-group cleaner; each is one more Python
+    process to start per trial, seconds of CPU on a small machine. The cleaner matters on
+    a real cluster, where a controller can die alone, so it is dropped on a local one only."""
+    from ray.train.torch import TorchTrainer
+
+    try:
+        from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    except ImportError:  # another Ray version: keep Ray's defaults
+        return TorchTrainer
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            unused = [DatasetsCallback] if not self.datasets else []
+            if os.environ.get(LOCAL_CLUSTER_ENV) == "1":
+                unused.append(PlacementGroupCleanerCallback)
+            return [callback for callback in callbacks if not isinstance(callback, tuple(unused))]
+
+    return LeanTorchTrainer
 
 
 def loop_config_for(config: ExperimentConfig, data_dir: str | Path, tensorboard_dir: str | None,

@@ -226,10 +226,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_set = train_set.select_columns(["input_ids", "labels"])
     eval_set = eval_set.select_columns(["input_ids", "labels"])
 
+    checkpoint = ray.train.get_checkpoint()
     output_dir = tempfile.mkdtemp(prefix="lexiray-trial-")
     args = build_training_arguments(
         config, output_dir, precision, hardware.cuda,
-        eval_on_start=bool(loop_config.get("eval_on_start")),
+        # a resumed run has its step-0 evaluation in the restored history already
+        eval_on_start=bool(loop_config.get("eval_on_start")) and checkpoint is None,
     )
     throughput_cls, final_eval_cls, report_cls, progress_cls = _callbacks()
     throughput = throughput_cls(loop_config.get("started_at"))
@@ -256,7 +258,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer.remove_callback(PrinterCallback)  # raw log dicts: ProgressCallback prints a clean line
     trainer = prepare_trainer(trainer)
 
-    checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         trainer.train()
         return

@@ -14,7 +14,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from lexiray.config import ExperimentConfig, config_from_dict, read_yaml
+from lexiray.config import ExperimentConfig, config_from_dict
 from lexiray.errors import ConfigError, LexirayError, ResourceError
 
 EXPERIMENT_CONFIG = "config.yaml"
@@ -49,6 +49,32 @@ def experiment_location(config: ExperimentConfig) -> tuple[str, str]:
 
 def join(storage: str, *parts: str) -> str:
     return "/".join([storage.rstrip("/"), *parts])
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small file to a local path or a pyarrow URI (s3://, gs://, file://)."""
+    if not is_uri(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        Path(location).write_text(text)
+        return
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def read_text(location: str) -> str | None:
+    if not is_uri(location):
+        return Path(location).read_text() if Path(location).is_file() else None
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
 
 
 def total_steps(config: ExperimentConfig, train_rows: int) -> int:
@@ -219,9 +245,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
     max_t, grace = check_schedule(config, total_steps(config, train_rows))
     concurrency = config.tune.max_concurrent_trials or default_concurrency(config)
     experiment = _experiment_info(storage, name, chaos)
-    if not is_uri(root):
-        Path(root).mkdir(parents=True, exist_ok=True)
-        (Path(root) / EXPERIMENT_CONFIG).write_text(_experiment_yaml(config, max_t, grace, concurrency))
+    write_text(join(root, EXPERIMENT_CONFIG), _experiment_yaml(config, max_t, grace, concurrency))
     console.print(f"experiment {root}: {config.tune.num_samples} trials, {concurrency} at a time, "
                   f"{config.tune.scheduler.upper()} over {max_t} steps (first rung {grace}, "
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
@@ -268,7 +292,9 @@ def _experiment_yaml(config: ExperimentConfig, max_t: int, grace: int, concurren
 def resolve_experiment(path_or_name: str) -> str:
     candidate = Path(path_or_name).expanduser()
     if is_uri(path_or_name):
-        return path_or_name
+        if read_text(join(path_or_name, EXPERIMENT_CONFIG)) is None:
+            raise LexirayError(f"{path_or_name}: not a lexiray experiment (no {EXPERIMENT_CONFIG})")
+        return path_or_name.rstrip("/")
     if not (candidate / EXPERIMENT_CONFIG).is_file():
         default = Path(ExperimentConfig().tune.storage_path).resolve() / path_or_name
         if (default / EXPERIMENT_CONFIG).is_file():
@@ -289,7 +315,9 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     from lexiray.report import finish_experiment
 
     root = resolve_experiment(path_or_name)
-    config = config_from_dict(read_yaml(Path(root) / EXPERIMENT_CONFIG), f"{root}/{EXPERIMENT_CONFIG}")
+    from lexiray.config import yaml_load
+
+    config = config_from_dict(yaml_load(read_text(join(root, EXPERIMENT_CONFIG))) or {}, f"{root}/{EXPERIMENT_CONFIG}")
     if not tune.Tuner.can_restore(root):
         raise LexirayError(f"{root}: no Tune experiment state to resume from")
     init_ray(address, verbose=verbose)

@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 LEXIRAY = [sys.executable, "-m", "lexiray"]
-RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "dashboard.py", "default_worker.py",
+RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "dashboard.py", "default_worker.py", "ray.dashboard",
                        "runtime_env/agent", "log_monitor.py", "monitor.py --logs-dir")
 
 

@@ -22,6 +22,10 @@ SHORT = ["--set", "training.max_steps=18", "--set", "training.save_steps=6", "--
 SAVE_STEPS = 6
 
 
+def _checkpoint_dirs(run: Path) -> list[Path]:
+    return sorted(p for p in run.glob("checkpoint_*") if p.is_dir())
+
+
 def _fired(output: Path) -> dict:
     text = (output / ".chaos-fired").read_text()
     spec, _ = text.split(" pid=")
@@ -63,7 +67,7 @@ def test_kill_during_checkpoint_save_uses_previous_checkpoint(tmp_path, no_ray_l
     metrics = _check_resumed_run(output, killed_step=12)
     assert metrics["final"]["resumed_from_step"] == 6  # step 12's checkpoint never became visible
     # every persisted checkpoint is complete: it loads as an adapter
-    for checkpoint in (output / "ray" / "train").glob("checkpoint_*"):
+    for checkpoint in _checkpoint_dirs(output / "ray" / "train"):
         assert (checkpoint / "checkpoint" / "adapter_model.safetensors").is_file()
 
 
@@ -103,13 +107,13 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
             if not done:
                 return False
             midway = [d for d in (root / "trials").iterdir()
-                      if d.name not in done and list(d.glob("checkpoint_*"))] if (root / "trials").is_dir() else []
+                      if d.name not in done and _checkpoint_dirs(d)] if (root / "trials").is_dir() else []
             return bool(midway)
 
         _wait_for(one_finished_one_midway, timeout=400, process=process)
         time.sleep(1.0)
         done_before = {p.stem for p in finished.glob("*.json")}
-        checkpoints_before = {t: sorted(c.name for c in (root / "trials" / t).glob("checkpoint_*"))
+        checkpoints_before = {t: [c.name for c in _checkpoint_dirs(root / "trials" / t)]
                               for t in done_before}
         os.killpg(process.pid, signal.SIGKILL)  # the driver and its local Ray head, at once
         process.wait(timeout=30)
@@ -125,7 +129,7 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(row["status"] == "DONE" for row in rows), rows
     for trial_id in done_before:  # a finished trial was not trained again
-        after = sorted(c.name for c in (root / "trials" / trial_id).glob("checkpoint_*"))
+        after = [c.name for c in _checkpoint_dirs(root / "trials" / trial_id)]
         assert after == checkpoints_before[trial_id]
     assert "best adapter:" in result.stdout
     print(f"resume took {resume_seconds:.1f} s; finished before the kill: {sorted(done_before)}")
