@@ -39,6 +39,39 @@ def is_finished(folder: str | None, trial_id: str) -> bool:
     return bool(folder) and (Path(folder) / f"{trial_id}.json").is_file()
 
 
+# Filled in by Tune for every result; a replayed result must not carry the old ones.
+TUNE_AUTO_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
+                  "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "experiment_tag",
+                  "should_checkpoint", "replayed"}
+
+
+def _plain(result: dict) -> dict:
+    return {k: v for k, v in result.items()
+            if k not in TUNE_AUTO_KEYS and (isinstance(v, (int, float, str, bool)) or v is None)}
+
+
+def append_history(folder: str, trial_id: str, result: dict) -> None:
+    """Every result of a trial, as it arrives: Tune drops an unfinished trial's results
+    when an experiment is restored, and a finished trial replays these instead."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "history"
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / f"{trial_id}.jsonl").open("a") as handle:
+        handle.write(json.dumps(_plain(result)) + "\n")
+
+
+def read_history(folder: str, trial_id: str) -> list[dict]:
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "history" / f"{trial_id}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class ProgressCallback(Callback):
     """Prints trial starts, each evaluation (step / total, eval_loss), stops and errors."""
 
@@ -54,6 +87,8 @@ class ProgressCallback(Callback):
         _console().print(f"[cyan]{trial.trial_id}[/] started   {_sample(trial)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.finished_dir and not result.get("replayed"):
+            append_history(self.finished_dir, trial.trial_id, result)
         loss = result.get("eval_loss")
         if loss is None:
             return

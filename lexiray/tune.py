@@ -163,13 +163,17 @@ def run_trial(sample: dict, base: dict, data_refs: dict, experiment: dict) -> No
     from lexiray.launch import build_torch_trainer, loop_config_for
     from lexiray.space import apply_sample, describe_sample
 
-    from lexiray.progress import is_finished
+    from lexiray.progress import is_finished, read_history
 
     config = apply_sample(config_from_dict(base), sample)
     context = ray.tune.get_context()
     trial_id = context.get_trial_id()
     if is_finished(experiment.get("finished_dir"), trial_id):
-        return  # finished (or stopped by ASHA) before a driver restart: never train it again
+        # Finished (or stopped by ASHA) before a driver restart: never train it again, but
+        # hand Tune back the results its restore dropped.
+        for result in read_history(experiment["finished_dir"], trial_id):
+            ray.tune.report({**result, "replayed": True})
+        return
     tensorboard = None
     if experiment["tensorboard_root"]:
         tensorboard = str(Path(experiment["tensorboard_root"]) / f"{trial_id} {describe_sample(sample)}")
