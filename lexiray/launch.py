@@ -23,7 +23,6 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
 }
-LOCAL_CLUSTER_ENV = "LEXIRAY_LOCAL_CLUSTER"
 LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
@@ -42,7 +41,6 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     if not address:
         for key, value in LOCAL_ONLY_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
-        os.environ[LOCAL_CLUSTER_ENV] = "1"  # inherited by every worker of this local cluster
     kwargs = {"log_to_driver": verbose if log_to_driver is None else log_to_driver, "configure_logging": True,
               "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
@@ -123,26 +121,24 @@ def build_torch_trainer(config: ExperimentConfig, loop_config: dict, storage_pat
 
 
 def lean_torch_trainer_class():
-    """`TorchTrainer` without the actors lexiray has no use for. Every Train run starts a
-    DatasetManager actor (and pushes Ray Data's context to the workers) even when no
-    `datasets=` is given, and a detached placement-group cleaner; each is one more Python
-    process to start per trial, seconds of CPU on a small machine. The cleaner matters on
-    a real cluster, where a controller can die alone, so it is dropped on a local one only."""
+    """`TorchTrainer` without the Ray Data plumbing lexiray does not use. Every Train run
+    starts a DatasetManager actor (and pushes Ray Data's context to the workers) even when
+    no `datasets=` is given: one more Python process per trial, seconds of CPU on a small
+    machine. (The placement-group cleaner stays: when ASHA stops a trial its controller
+    dies with the trial, and only the cleaner gives the workers' CPUs / GPU back.)"""
     from ray.train.torch import TorchTrainer
 
     try:
         from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-        from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     except ImportError:  # another Ray version: keep Ray's defaults
         return TorchTrainer
 
     class LeanTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
-            unused = [DatasetsCallback] if not self.datasets else []
-            if os.environ.get(LOCAL_CLUSTER_ENV) == "1":
-                unused.append(PlacementGroupCleanerCallback)
-            return [callback for callback in callbacks if not isinstance(callback, tuple(unused))]
+            if self.datasets:
+                return callbacks
+            return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
 
     return LeanTorchTrainer
 
