@@ -22,6 +22,7 @@ RAY_ENV_DEFAULTS = {
     "RAY_TRAIN_V2_ENABLED": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 Tune then prints no tables: progress.py reports
 }
 LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 

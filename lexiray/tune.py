@@ -260,7 +260,8 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
         param_space=_param_space(config),
         tune_config=tune.TuneConfig(
             num_samples=config.tune.num_samples,
-            max_concurrent_trials=concurrency,
+            # random search carries its own limit (Tune ignores this one for it)
+            max_concurrent_trials=concurrency if config.tune.search_alg == "optuna" else None,
             search_alg=search_algorithm(config, concurrency),
             scheduler=scheduler(config, max_t, grace),
             time_budget_s=config.tune.time_budget_s,

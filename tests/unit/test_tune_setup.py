@@ -1,0 +1,62 @@
+"""Tuner building blocks that need no running cluster: schedule, search algorithm, budget."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from lexiray.config import load_config
+from lexiray.errors import ConfigError
+from lexiray.tune import check_schedule, parse_duration, scheduler, search_algorithm, total_steps
+
+
+def test_total_steps_follow_epochs_or_max_steps():
+    config = load_config("balanced")  # 4 epochs, effective batch 24
+    assert total_steps(config, train_rows=480) == 4 * 20
+    assert total_steps(config, train_rows=481) == 4 * 21
+    assert total_steps(load_config("smoke"), train_rows=10_000) == 36  # max_steps wins
+
+
+def test_asha_is_keyed_on_the_training_step():
+    config = load_config("smoke")
+    max_t, grace = check_schedule(config, 36)
+    asha = scheduler(config, max_t, grace)
+    assert asha._time_attr == "step" and asha._max_t == 36 and grace == 6
+    assert type(scheduler(load_config("smoke", ["tune.scheduler=fifo"]), 36, 6)).__name__ == "FIFOScheduler"
+
+
+def test_evaluation_must_come_before_max_t():
+    with pytest.raises(ConfigError, match="save_steps"):
+        check_schedule(load_config("smoke", ["training.save_steps=60", "training.eval_steps=60"]), 36)
+    with pytest.raises(ConfigError, match="grace_period"):
+        check_schedule(load_config("smoke", ["tune.grace_period=7"]), 36)
+
+
+def test_random_search_carries_the_concurrency_limit():
+    generator = search_algorithm(load_config("smoke"), concurrency=2)
+    assert type(generator).__name__ == "BasicVariantGenerator" and generator.max_concurrent == 2
+
+
+def test_optuna_search_and_its_missing_extra(monkeypatch):
+    config = load_config("smoke", ["tune.search_alg=optuna"])
+    assert type(search_algorithm(config, 2)).__name__ == "OptunaSearch"
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
+    with pytest.raises(ConfigError, match=r"lexiray\[optuna\]"):
+        search_algorithm(config, 2)
+
+
+def test_grid_needs_random_search():
+    with pytest.raises(ConfigError, match="grid"):
+        load_config("smoke", ["tune.search_alg=optuna", "search.lora.r={grid: [4, 8]}"])
+
+
+@pytest.mark.parametrize("text,seconds", [("90m", 5400), ("2h", 7200), ("1h30m", 5400), ("45s", 45), ("600", 600)])
+def test_time_budget(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "0", "-5m", ""])
+def test_bad_time_budget(text):
+    with pytest.raises(ConfigError, match="time-budget"):
+        parse_duration(text)
