@@ -197,11 +197,12 @@ def to_messages(row: Any, shape: str, settings: DataSettings) -> tuple[list[dict
     """A row of the given shape -> (chat messages, task name)."""
     if not isinstance(row, dict):
         raise RowError("a row must be a JSON object")
-    task = str(row.get("task") or "") if isinstance(row.get("task", ""), str) else ""
+    if shape == "lexilingo" and "task" in row:
+        task = _text(row, "task")  # a LexiLingo task must be text; elsewhere it is optional
+    else:
+        task = row.get("task") if isinstance(row.get("task"), str) else ""
     system = settings.system_prompts.get(task, settings.default_system_prompt)
     if shape == "lexilingo":
-        task = _text(row, "task") if "task" in row else ""
-        system = settings.system_prompts.get(task, settings.default_system_prompt)
         user, answer = _text(row, "input"), _text(row, "output")
         return [{"role": "system", "content": system}, {"role": "user", "content": user},
                 {"role": "assistant", "content": answer}], task
