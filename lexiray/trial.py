@@ -159,8 +159,11 @@ def build_training_arguments(config: ExperimentConfig, output_dir: str, precisio
         save_steps=training.save_steps,
         save_total_limit=2,  # local copies only: Ray keeps the persisted ones
         logging_steps=training.logging_steps,
-        gradient_checkpointing=training.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=training.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        # Every LoRA weight takes part in each forward pass; HF's default (True when not
+        # checkpointing) costs an extra autograd traversal per step under Ray's DDP wrapper.
+        ddp_find_unused_parameters=False,
         fp16=precision == "fp16",
         bf16=precision == "bf16",
         use_cpu=not cuda,
