@@ -110,5 +110,10 @@ class ProgressCallback(Callback):
         _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  "
                          f"eval_loss {last.get('eval_loss', float('nan')):.4f}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        failures = getattr(trial, "num_failures", "?")
+        _console().print(f"[yellow]{trial.trial_id} failed[/] (failure {failures}): restarting it from its last "
+                         f"checkpoint; details in {trial.path}/error.txt")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         _console().print(f"[red]{trial.trial_id} failed[/]: see {trial.path}/error.txt")

@@ -126,6 +126,15 @@ def default_concurrency(config: ExperimentConfig) -> int:
     return max(1, int(total.get("CPU", 0) // (resources.cpus_per_trial * resources.num_workers)))
 
 
+def quiet_trial_tracebacks(verbose: bool) -> None:
+    """Tune logs a full traceback for every failed trial attempt, retried or not. The progress
+    callback prints one line instead and the traceback stays in the trial's error.txt."""
+    import logging
+
+    if not verbose:
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+
+
 def search_algorithm(config: ExperimentConfig, concurrency: int):
     from ray.tune.search import BasicVariantGenerator
 
@@ -182,8 +191,14 @@ def run_trial(sample: dict, base: dict, data_refs: dict, experiment: dict) -> No
         chaos = None  # the chaos aid hits the first trial only
     loop_config = loop_config_for(config, "", tensorboard, chaos=chaos)
     loop_config["data_refs"] = data_refs
+    # Retries belong to Tune here (tune.RunConfig's FailureConfig), not to Train: when ASHA
+    # stops a trial, Ray tears its Train controller down, the workers die first, and a
+    # controller allowed to retry starts a fresh worker group in its last ~0.2 s whose
+    # placement group nobody ever removes: its CPUs stay taken and later trials wait
+    # forever (seen: a 12-trial run hung with two such groups). A retried Tune trial resumes
+    # from the same Train checkpoints, because its Train run keeps the trial id as name.
     trainer = build_torch_trainer(config, loop_config, storage_path=experiment["trials_storage"], name=trial_id,
-                                  callbacks=[TuneReportCallback()], driver_cpus=TRIAL_DRIVER_CPUS)
+                                  callbacks=[TuneReportCallback()], driver_cpus=TRIAL_DRIVER_CPUS, max_failures=0)
     trainer.fit()
 
 
@@ -243,6 +258,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
     if not config.search:
         console.print("note: the config has no search: block; every trial runs the same settings")
     init_ray(address, verbose=verbose)
+    quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_storage(storage)
     data_refs, train_rows = _share_data(config, console)
@@ -326,6 +342,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     if not tune.Tuner.can_restore(root):
         raise LexirayError(f"{root}: no Tune experiment state to resume from")
     init_ray(address, verbose=verbose)
+    quiet_trial_tracebacks(verbose)
     check_resources(config)
     data_refs, train_rows = _share_data(config, console)
     max_t, _ = check_schedule(config, total_steps(config, train_rows))

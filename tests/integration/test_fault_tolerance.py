@@ -134,3 +134,21 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
         assert after == checkpoints_before[trial_id]
     assert "best adapter:" in result.stdout
     print(f"resume took {resume_seconds:.1f} s; finished before the kill: {sorted(done_before)}")
+
+
+def test_worker_killed_inside_a_tune_trial_resumes_and_asha_keeps_its_results(tmp_path, no_ray_leftovers):
+    root = tmp_path / "results" / "wk"
+    result = run_cli(["tune", "--num-samples", "2", "--storage-path", str(tmp_path / "results"), "--name", "wk",
+                      "--set", "tune.scheduler=asha", "--set", "tune.reduction_factor=100",  # no trial stopped
+                      *SHORT, "--chaos", "kill-worker@step=9"], cwd=tmp_path, check=True)
+    assert _fired(root) == {"action": "kill-worker", "step": 9}
+    assert "failed (failure 1): restarting it from its last checkpoint" in result.stdout
+    assert "Traceback" not in result.stdout  # one line per failure, the traceback stays in error.txt
+    killed = next(root.glob("trial_*_00000"))
+    reports = [json.loads(line) for line in (killed / "result.json").read_text().splitlines() if line.strip()]
+    steps = [report["step"] for report in reports]
+    assert steps == [6, 12, 18]  # no reset, no step reported twice: ASHA saw one continuous trial
+    assert reports[-1]["resumed_from_step"] == 6  # the last checkpoint before the kill
+    with (root / "leaderboard.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(row["status"] == "DONE" for row in rows), rows
