@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/ray_overhead.py
 	$(BIN)/python benchmarks/asha_vs_fifo.py
+	$(BIN)/python benchmarks/tuning_vs_peers.py
 
 clean:
 	rm -rf $(VENV) lexiray_results runs .pytest_cache

@@ -1,0 +1,189 @@
+"""The bar: 8 configs (4 learning rates x 2 LoRA ranks) x N steps on the tiny model, side by
+side, on this machine's cores:
+
+  plain       a sequential HF Trainer loop in one process (both cores)
+  hf-optuna   HF `Trainer.hyperparameter_search(backend="optuna")`, grid sampler, no pruning
+  hf-ray-asha HF `Trainer.hyperparameter_search(backend="ray")` with Ray Tune's ASHA
+  lexiray     `lexiray tune` with ASHA (Ray Tune trials, each a Ray Train TorchTrainer)
+
+All four run the same grid with the same ASHA settings where a scheduler is used (first rung
+at the first evaluation, reduction factor 3). Prints every wall time and best eval_loss, and
+ends with lexiray's speed-up over the fastest peer (> 1: lexiray is faster than all of them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from _common import plain_hf_run, run_tune, write_config
+
+from lexiray.config import load_config
+from lexiray.space import apply_sample
+
+LEARNING_RATES = [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]
+RANKS = [4, 16]
+REDUCTION_FACTOR = 3
+
+
+def run_plain(base) -> tuple[float, float]:
+    started = time.time()
+    losses = [plain_hf_run(apply_sample(base, {"training.learning_rate": lr, "lora.r": r}), threads=2)["eval_loss"]
+              for lr in LEARNING_RATES for r in RANKS]
+    return time.time() - started, min(losses)
+
+
+def _hf_trainer(base, output: str):
+    """A HF Trainer whose model_init builds the LoRA model from the trial's rank."""
+    import torch
+    from transformers import Trainer
+    from transformers.trainer_callback import PrinterCallback
+
+    from lexiray.data import PadCollator, prepare_data
+    from lexiray.model import build_peft_model, load_tokenizer
+    from lexiray.trial import build_training_arguments
+
+    torch.set_num_threads(2)
+    tokenizer = load_tokenizer(base.model)
+    prepared = prepare_data(base.data, tokenizer)
+
+    def model_init(trial):
+        if trial is None:
+            rank = base.lora.r
+        elif isinstance(trial, dict):  # Ray Tune hands the config
+            rank = trial["lora_r"]
+        else:  # an Optuna trial; transformers 5 builds the model before it calls hp_space
+            rank = trial.suggest_categorical("lora_r", RANKS)
+        config = apply_sample(base, {"lora.r": rank})
+        return build_peft_model(config.model, config.lora, config.training, "fp32")
+
+    args = build_training_arguments(base, output, "fp32", cuda=False, eval_on_start=False)
+    args.save_strategy = "no"
+    trainer = Trainer(model_init=model_init, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
+                      train_dataset=prepared.train.select_columns(["input_ids", "labels"]),
+                      eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]))
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def run_hf_optuna(base, scratch: Path) -> tuple[float, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    started = time.time()
+    trainer = _hf_trainer(base, str(scratch / "hf-optuna"))
+
+    def hp_space(trial):
+        return {"learning_rate": trial.suggest_categorical("learning_rate", LEARNING_RATES),
+                "lora_r": trial.suggest_categorical("lora_r", RANKS)}
+
+    best = trainer.hyperparameter_search(
+        hp_space=hp_space, n_trials=len(LEARNING_RATES) * len(RANKS), direction="minimize", backend="optuna",
+        sampler=optuna.samplers.GridSampler({"learning_rate": LEARNING_RATES, "lora_r": RANKS}))
+    return time.time() - started, best.objective
+
+
+def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
+    """One Ray Tune trial the way HF's Ray backend runs it: a plain HF Trainer in the trial
+    process, reporting eval_loss to Tune at every evaluation."""
+    from ray import tune
+    from transformers import Trainer, TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
+
+    from lexiray.config import config_from_dict
+    from lexiray.data import PadCollator
+    from lexiray.model import build_peft_model, load_tokenizer
+    from lexiray.trial import build_training_arguments
+
+    config = apply_sample(config_from_dict(base_raw), {"training.learning_rate": sample["learning_rate"],
+                                                      "lora.r": sample["lora_r"]})
+    tokenizer = load_tokenizer(config.model)
+    model = build_peft_model(config.model, config.lora, config.training, "fp32")
+
+    class ReportToTune(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            tune.report({"objective": metrics["eval_loss"], "step": state.global_step})
+
+    with tempfile.TemporaryDirectory() as output:
+        args = build_training_arguments(config, output, "fp32", cuda=False, eval_on_start=False)
+        args.save_strategy = "no"
+        trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
+                          train_dataset=train_set, eval_dataset=eval_set, callbacks=[ReportToTune()])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+
+
+def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float, float]:
+    """Ray Tune + ASHA around a plain HF Trainer, one new process per trial: what
+    `Trainer.hyperparameter_search(backend="ray")` does. (That method itself fails in
+    transformers 5.24 with Ray 2.60: it pickles the Trainer, which holds a weakref.)"""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from lexiray.data import prepare_data
+    from lexiray.model import load_tokenizer
+
+    started = time.time()
+    prepared = prepare_data(base.data, load_tokenizer(base.model))  # once, as HF's backend does
+    trainable = tune.with_parameters(_hf_ray_trial, base_raw=base.model_dump(mode="json"),
+                                     train_set=prepared.train.select_columns(["input_ids", "labels"]),
+                                     eval_set=prepared.eval.select_columns(["input_ids", "labels"]))
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": 1}),
+            param_space={"learning_rate": tune.grid_search(LEARNING_RATES), "lora_r": tune.grid_search(RANKS)},
+            tune_config=tune.TuneConfig(scheduler=ASHAScheduler(
+                metric="objective", mode="min", max_t=steps // every, grace_period=1,
+                reduction_factor=REDUCTION_FACTOR)),
+            run_config=tune.RunConfig(storage_path=str(scratch / "hf-ray-results"), verbose=0))
+        best = tuner.fit().get_best_result(metric="objective", mode="min", scope="all")
+        loss = best.metrics_dataframe["objective"].min()
+    finally:
+        ray.shutdown()
+    return time.time() - started, float(loss)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "hf-optuna", "hf-ray-asha"])
+    options = parser.parse_args()
+    every = max(1, options.steps // 12)
+    changes = {"training.max_steps": options.steps, "training.save_steps": every, "training.eval_steps": every,
+               "training.logging_steps": every, "tune.num_samples": 1, "tune.reduction_factor": REDUCTION_FACTOR}
+    search = {"training.learning_rate": {"grid": LEARNING_RATES}, "lora.r": {"grid": RANKS},
+              "lora.alpha": "2 * lora.r"}
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        path = write_config(scratch, "bar", changes, search=search)
+        base = load_config(path)
+        tune_wall, root = run_tune(path, scratch / "results", "bar")
+        summary = json.loads((root / "summary.json").read_text())
+        results["lexiray"] = (tune_wall, summary["best"]["eval_loss"])
+        if "plain" not in options.skip:
+            results["plain"] = run_plain(base)
+        if "hf-optuna" not in options.skip:
+            results["hf-optuna"] = run_hf_optuna(base, scratch)
+        if "hf-ray-asha" not in options.skip:
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+            results["hf-ray-asha"] = run_hf_ray_asha(base, scratch, options.steps, every)
+    configs = len(LEARNING_RATES) * len(RANKS)
+    print(f"{configs} configs x {options.steps} steps, evaluation every {every} steps")
+    for name, (wall, loss) in results.items():
+        print(f"{name:12s} {wall:6.0f} s   best eval_loss {loss:.4f}")
+    print(f"lexiray trained {summary['total_steps_trained']} of {configs * options.steps} steps "
+          f"({summary['stopped_early']} trials stopped early)")
+    peers = {name: wall for name, (wall, _) in results.items() if name != "lexiray"}
+    fastest = min(peers, key=peers.get)
+    print(f"fastest peer: {fastest}")
+    print(f"tune_vs_fastest_peer_speedup: {peers[fastest] / tune_wall:.2f}")
+
+
+if __name__ == "__main__":
+    main()
