@@ -25,7 +25,7 @@ from _common import plain_hf_run, run_tune, write_config
 from lexiray.config import load_config
 from lexiray.space import apply_sample
 
-LEARNING_RATES = [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3]
+LEARNING_RATES = [1.0e-3, 1.0e-4, 3.0e-3, 3.0e-4]  # not sorted: a sorted grid arrives best-last, and async ASHA stops nothing
 RANKS = [4, 16]
 REDUCTION_FACTOR = 3
 
@@ -83,6 +83,7 @@ def run_hf_optuna(base, scratch: Path) -> tuple[float, float]:
 
     best = trainer.hyperparameter_search(
         hp_space=hp_space, n_trials=len(LEARNING_RATES) * len(RANKS), direction="minimize", backend="optuna",
+        compute_objective=lambda metrics: metrics["eval_loss"],
         sampler=optuna.samplers.GridSampler({"learning_rate": LEARNING_RATES, "lora_r": RANKS}))
     return time.time() - started, best.objective
 
@@ -99,8 +100,7 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
     from lexiray.model import build_peft_model, load_tokenizer
     from lexiray.trial import build_training_arguments
 
-    config = apply_sample(config_from_dict(base_raw), {"training.learning_rate": sample["learning_rate"],
-                                                      "lora.r": sample["lora_r"]})
+    config = apply_sample(config_from_dict(base_raw), sample)
     tokenizer = load_tokenizer(config.model)
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
 
@@ -136,15 +136,20 @@ def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float,
     try:
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": 1}),
-            param_space={"learning_rate": tune.grid_search(LEARNING_RATES), "lora_r": tune.grid_search(RANKS)},
+            # lexiray's key names: Tune orders grid variants by key, and async ASHA's decisions
+            # depend on the order trials arrive at a rung, so both runs must see the same order
+            param_space={"training.learning_rate": tune.grid_search(LEARNING_RATES),
+                         "lora.r": tune.grid_search(RANKS)},
             tune_config=tune.TuneConfig(scheduler=ASHAScheduler(
                 metric="objective", mode="min", max_t=steps // every, grace_period=1,
                 reduction_factor=REDUCTION_FACTOR)),
             run_config=tune.RunConfig(storage_path=str(scratch / "hf-ray-results"), verbose=0))
-        best = tuner.fit().get_best_result(metric="objective", mode="min", scope="all")
-        loss = best.metrics_dataframe["objective"].min()
+        grid = tuner.fit()
+        loss = min(result.metrics_dataframe["objective"].min() for result in grid)
+        steps = sum(int(result.metrics_dataframe["step"].max()) for result in grid)
     finally:
         ray.shutdown()
+    print(f"hf-ray-asha trained {steps} steps")
     return time.time() - started, float(loss)
 
 
