@@ -92,30 +92,38 @@ def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the experiment to reach the kill point")
 
 
+def _checkpoint_step(trial_dir: Path) -> int:
+    """The global step of a Train run's newest persisted checkpoint (0 when none)."""
+    steps = [json.loads((c / "checkpoint" / "trainer_state.json").read_text())["global_step"]
+             for c in _checkpoint_dirs(trial_dir) if (c / "checkpoint" / "trainer_state.json").is_file()]
+    return max(steps, default=0)
+
+
 def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
     root = tmp_path / "results" / "drv"
+    total_steps = 36  # long enough that a trial is caught between its checkpoints
     args = [sys.executable, "-m", "lexiray", "tune", "--num-samples", "4", "--storage-path", str(tmp_path / "results"),
-            "--name", "drv", "--set", "tune.scheduler=fifo", *SHORT]
+            "--name", "drv", "--set", "tune.scheduler=fifo", "--set", f"training.max_steps={total_steps}",
+            "--set", f"training.save_steps={SAVE_STEPS}", "--set", f"training.eval_steps={SAVE_STEPS}"]
     log = (tmp_path / "tune.log").open("w+")
     process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     process.stdout = log
+    finished, trials = root / "finished", root / "trials"
+    midway: dict[str, int] = {}
     try:
-        finished = root / "finished"
-
         def one_finished_one_midway() -> bool:
             done = {p.stem for p in finished.glob("*.json")} if finished.is_dir() else set()
-            if not done:
+            if not done or not trials.is_dir():
                 return False
-            midway = [d for d in (root / "trials").iterdir()
-                      if d.name not in done and _checkpoint_dirs(d)] if (root / "trials").is_dir() else []
+            midway.clear()
+            midway.update({d.name: step for d in trials.iterdir() if d.name not in done
+                           for step in [_checkpoint_step(d)] if 0 < step < total_steps})
             return bool(midway)
 
         _wait_for(one_finished_one_midway, timeout=400, process=process)
-        time.sleep(1.0)
         done_before = {p.stem for p in finished.glob("*.json")}
-        checkpoints_before = {t: [c.name for c in _checkpoint_dirs(root / "trials" / t)]
-                              for t in done_before}
+        checkpoints_before = {t: [c.name for c in _checkpoint_dirs(trials / t)] for t in done_before}
         os.killpg(process.pid, signal.SIGKILL)  # the driver and its local Ray head, at once
         process.wait(timeout=30)
     finally:
@@ -130,8 +138,15 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(row["status"] == "DONE" for row in rows), rows
     for trial_id in done_before:  # a finished trial was not trained again
-        after = [c.name for c in _checkpoint_dirs(root / "trials" / trial_id)]
+        after = [c.name for c in _checkpoint_dirs(trials / trial_id)]
         assert after == checkpoints_before[trial_id]
+    for trial_id, saved_step in midway.items():  # an interrupted trial continued from its checkpoint
+        reports = [json.loads(line) for line in next(root.glob(f"trial_{trial_id}")).joinpath("result.json")
+                   .read_text().splitlines() if line.strip()]
+        resumed_from = max(report.get("resumed_from_step", 0) for report in reports)
+        assert resumed_from >= saved_step > 0
+        assert reports[-1]["step"] == total_steps
+        print(f"{trial_id}: checkpoint at step {saved_step} when killed, resumed from step {resumed_from}")
     assert "best adapter:" in result.stdout
     print(f"resume took {resume_seconds:.1f} s; finished before the kill: {sorted(done_before)}")
 
