@@ -92,6 +92,11 @@ def _wait_for(predicate, timeout: float, process: subprocess.Popen) -> None:
     raise AssertionError("timed out waiting for the experiment to reach the kill point")
 
 
+def _reports(trial_folder: Path) -> list[dict]:
+    """Every result Tune recorded for a trial, from its result.json."""
+    return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
+
+
 def _checkpoint_step(trial_dir: Path) -> int:
     """The global step of a Train run's newest persisted checkpoint (0 when none)."""
     steps = [json.loads((c / "checkpoint" / "trainer_state.json").read_text())["global_step"]
@@ -141,8 +146,7 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
         after = [c.name for c in _checkpoint_dirs(trials / trial_id)]
         assert after == checkpoints_before[trial_id]
     for trial_id, saved_step in midway.items():  # an interrupted trial continued from its checkpoint
-        reports = [json.loads(line) for line in next(root.glob(f"trial_{trial_id}")).joinpath("result.json")
-                   .read_text().splitlines() if line.strip()]
+        reports = _reports(next(root.glob(f"trial_{trial_id}")))
         resumed_from = max(report.get("resumed_from_step", 0) for report in reports)
         assert resumed_from >= saved_step > 0
         assert reports[-1]["step"] == total_steps
@@ -159,8 +163,7 @@ def test_worker_killed_inside_a_tune_trial_resumes_and_asha_keeps_its_results(tm
     assert _fired(root) == {"action": "kill-worker", "step": 9}
     assert "failed (failure 1): restarting it from its last checkpoint" in result.stdout
     assert "Traceback" not in result.stdout  # one line per failure, the traceback stays in error.txt
-    killed = next(root.glob("trial_*_00000"))
-    reports = [json.loads(line) for line in (killed / "result.json").read_text().splitlines() if line.strip()]
+    reports = _reports(next(root.glob("trial_*_00000")))
     steps = [report["step"] for report in reports]
     assert steps == [6, 12, 18]  # no reset, no step reported twice: ASHA saw one continuous trial
     assert reports[-1]["resumed_from_step"] == 6  # the last checkpoint before the kill
