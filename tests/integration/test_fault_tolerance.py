@@ -158,7 +158,10 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
 def test_worker_killed_inside_a_tune_trial_resumes_and_asha_keeps_its_results(tmp_path, no_ray_leftovers):
     root = tmp_path / "results" / "wk"
     result = run_cli(["tune", "--num-samples", "2", "--storage-path", str(tmp_path / "results"), "--name", "wk",
-                      "--set", "tune.scheduler=asha", "--set", "tune.reduction_factor=100",  # no trial stopped
+                      "--set", "tune.scheduler=asha",
+                      # ASHA's only rung at the last step: no trial can be stopped early, whatever
+                      # the two losses (a reduction factor alone still stops the worse one of two)
+                      "--set", "tune.grace_period=18",
                       *SHORT, "--chaos", "kill-worker@step=9"], cwd=tmp_path, check=True)
     assert _fired(root) == {"action": "kill-worker", "step": 9}
     assert "failed (failure 1): restarting it from its last checkpoint" in result.stdout
