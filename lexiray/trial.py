@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,33 @@ def peak_memory_mb() -> float:
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+SCRATCH_PREFIX = "lexiray-trial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def make_scratch_dir(parent: str | None = None) -> str:
+    """The HF Trainer's local output folder for this worker (Ray persists the checkpoints).
+
+    Named after the worker's pid, and the folders of workers that no longer exist are
+    removed first: ASHA stops a trial by killing its worker, so no `finally` of that worker
+    runs, and each leftover holds its last checkpoints (tens of MB on a real model)."""
+    parent = parent or tempfile.gettempdir()
+    for entry in Path(parent).glob(f"{SCRATCH_PREFIX}*"):
+        pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
 
 
 def _callbacks():
@@ -230,7 +258,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     eval_set = eval_set.select_columns(["input_ids", "labels"])
 
     checkpoint = ray.train.get_checkpoint()
-    output_dir = tempfile.mkdtemp(prefix="lexiray-trial-")
+    output_dir = make_scratch_dir()
     args = build_training_arguments(
         config, output_dir, precision, hardware.cuda,
         # a resumed run has its step-0 evaluation in the restored history already
@@ -261,13 +289,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     trainer.remove_callback(PrinterCallback)  # raw log dicts: ProgressCallback prints a clean line
     trainer = prepare_trainer(trainer)
 
-    if checkpoint is None:
-        trainer.train()
-        return
-    with checkpoint.as_directory() as restored:
-        resume_dir = os.path.join(restored, CHECKPOINT_NAME)
-        log.info("resuming from %s", resume_dir)
-        trainer.train(resume_from_checkpoint=resume_dir)
+    try:
+        if checkpoint is None:
+            trainer.train()
+            return
+        with checkpoint.as_directory() as restored:
+            resume_dir = os.path.join(restored, CHECKPOINT_NAME)
+            log.info("resuming from %s", resume_dir)
+            trainer.train(resume_from_checkpoint=resume_dir)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)  # every checkpoint is in Ray's storage
 
 
 def read_log_history(checkpoint_dir: str | Path) -> list[dict]:

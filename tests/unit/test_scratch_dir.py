@@ -1,0 +1,30 @@
+"""A trial worker's local HF output folder: removed after training, and the folders of
+workers that were killed (ASHA stops trials that way) are swept by the next worker."""
+
+import os
+import subprocess
+import sys
+
+from lexiray.trial import SCRATCH_PREFIX, make_scratch_dir
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_folders_of_dead_workers_are_swept_and_live_ones_kept(tmp_path):
+    dead = tmp_path / f"{SCRATCH_PREFIX}{_dead_pid()}-abc"
+    (dead / "checkpoint-6").mkdir(parents=True)
+    live = tmp_path / f"{SCRATCH_PREFIX}{os.getppid()}-def"  # the parent is alive
+    live.mkdir()
+    unrelated = tmp_path / "other-folder"
+    unrelated.mkdir()
+
+    created = make_scratch_dir(str(tmp_path))
+
+    assert not dead.exists()
+    assert live.exists() and unrelated.exists()
+    assert os.path.basename(created).startswith(f"{SCRATCH_PREFIX}{os.getpid()}-")
+    assert os.path.isdir(created)
