@@ -3,7 +3,9 @@ side, on this machine's cores:
 
   plain       a sequential HF Trainer loop in one process (both cores)
   hf-optuna   HF `Trainer.hyperparameter_search(backend="optuna")`, grid sampler, no pruning
-  hf-ray-asha HF `Trainer.hyperparameter_search(backend="ray")` with Ray Tune's ASHA
+  hf-ray-asha what HF `Trainer.hyperparameter_search(backend="ray")` runs, with Ray Tune's
+              ASHA: a plain HF Trainer per trial process, a checkpoint reported at each
+              save step (the method itself cannot pickle the Trainer in transformers 5.24)
   lexiray     `lexiray tune` with ASHA (Ray Tune trials, each a Ray Train TorchTrainer)
 
 All four run the same grid with the same ASHA settings where a scheduler is used (first rung
@@ -90,7 +92,8 @@ def run_hf_optuna(base, scratch: Path) -> tuple[float, float]:
 
 def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
     """One Ray Tune trial the way HF's Ray backend runs it: a plain HF Trainer in the trial
-    process, reporting eval_loss to Tune at every evaluation."""
+    process that, at every evaluation, saves a checkpoint when the step is a save step and
+    reports eval_loss with it to Tune (`Trainer._report_to_hp_search`, backend "ray")."""
     from ray import tune
     from transformers import Trainer, TrainerCallback
     from transformers.trainer_callback import PrinterCallback
@@ -105,14 +108,22 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
 
     class ReportToTune(TrainerCallback):
+        trainer = None
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            tune.report({"objective": metrics["eval_loss"], "step": state.global_step})
+            with tempfile.TemporaryDirectory() as checkpoint_dir:
+                checkpoint = None
+                if control.should_save:  # the same checkpoint HF's backend hands to Tune
+                    self.trainer._tune_save_checkpoint(checkpoint_dir=checkpoint_dir)
+                    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
+                tune.report({"objective": metrics["eval_loss"], "step": state.global_step}, checkpoint=checkpoint)
 
     with tempfile.TemporaryDirectory() as output:
         args = build_training_arguments(config, output, "fp32", cuda=False, eval_on_start=False)
-        args.save_strategy = "no"
+        report = ReportToTune()
         trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                          train_dataset=train_set, eval_dataset=eval_set, callbacks=[ReportToTune()])
+                          train_dataset=train_set, eval_dataset=eval_set, callbacks=[report])
+        report.trainer = trainer
         trainer.remove_callback(PrinterCallback)
         trainer.train()
 
