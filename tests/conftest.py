@@ -33,8 +33,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = Fals
     return result
 
 
+# Ray processes that were running before this test session (another user's cluster, another
+# session): never waited for or killed here.
+_PREEXISTING: set[int] = set()
+
+
 def ray_processes() -> list[int]:
-    """PIDs of Ray's own processes on this machine (not this test process)."""
+    """PIDs of Ray's own processes on this machine started since this session began."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -43,7 +48,7 @@ def ray_processes() -> list[int]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(marker in command for marker in RAY_PROCESS_MARKERS):
+        if any(marker in command for marker in RAY_PROCESS_MARKERS) and int(entry.name) not in _PREEXISTING:
             pids.append(int(entry.name))
     return pids
 
@@ -70,5 +75,6 @@ def no_ray_leftovers():
 
 @pytest.fixture(scope="session", autouse=True)
 def _final_ray_cleanup():
+    _PREEXISTING.update(ray_processes())
     yield
     kill_ray_processes()
