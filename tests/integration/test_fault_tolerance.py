@@ -98,10 +98,19 @@ def _reports(trial_folder: Path) -> list[dict]:
 
 
 def _checkpoint_step(trial_dir: Path) -> int:
-    """The global step of a Train run's newest persisted checkpoint (0 when none)."""
-    steps = [json.loads((c / "checkpoint" / "trainer_state.json").read_text())["global_step"]
-             for c in _checkpoint_dirs(trial_dir) if (c / "checkpoint" / "trainer_state.json").is_file()]
-    return max(steps, default=0)
+    """The global step of a Train run's newest *registered* checkpoint (0 when none).
+
+    A checkpoint folder appears in storage while the worker uploads it, and Train registers
+    it in `checkpoint_manager_snapshot.json` a moment later, when its controller takes the
+    report. Only a registered checkpoint is one a restore can use; a kill in between is a
+    kill during the save (the previous checkpoint is used), which has its own test."""
+    snapshot = trial_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return 0
+    folder = trial_dir / latest.get("checkpoint_dir_name", "") / "checkpoint" / "trainer_state.json"
+    return json.loads(folder.read_text())["global_step"] if folder.is_file() else 0
 
 
 def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
