@@ -47,18 +47,22 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def make_scratch_dir(parent: str | None = None) -> str:
-    """The HF Trainer's local output folder for this worker (Ray persists the checkpoints).
+def sweep_scratch_dirs(parent: str | None = None) -> None:
+    """Remove the scratch folders of trial workers that no longer exist (on this machine).
 
-    Named after the worker's pid, and the folders of workers that no longer exist are
-    removed first: ASHA stops a trial by killing its worker, so no `finally` of that worker
-    runs, and each leftover holds its last checkpoints (tens of MB on a real model)."""
-    parent = parent or tempfile.gettempdir()
-    for entry in Path(parent).glob(f"{SCRATCH_PREFIX}*"):
+    ASHA stops a trial by killing its worker, so no `finally` of that worker runs, and each
+    leftover holds its last checkpoints (tens of MB on a real model)."""
+    for entry in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
         pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
+
+
+def make_scratch_dir(parent: str | None = None) -> str:
+    """The HF Trainer's local output folder for this worker (Ray persists the checkpoints),
+    named after the worker's pid so that `sweep_scratch_dirs` can tell when it is orphaned."""
+    sweep_scratch_dirs(parent)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent or tempfile.gettempdir())
 
 
 def _callbacks():

@@ -244,6 +244,7 @@ def _experiment_info(storage: str, name: str, chaos: dict | None) -> dict:
 def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, address: str | None = None,
                verbose: bool = False) -> dict:
     """`lexiray tune`: validate everything, run the Tuner, then report and export."""
+    from lexiray.trial import sweep_scratch_dirs
     from ray import tune
 
     from lexiray.launch import check_resources, init_ray
@@ -294,6 +295,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
     )
     started = time.time()
     tuner.fit()
+    sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
     return finish_experiment(root, config, console, wall_time_s=time.time() - started, max_t=max_t)
 
 
@@ -334,6 +336,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     from lexiray.launch import check_resources, init_ray
     from lexiray.progress import ProgressCallback
     from lexiray.report import finish_experiment
+    from lexiray.trial import sweep_scratch_dirs
 
     root = resolve_experiment(path_or_name)
     from lexiray.config import yaml_load
@@ -359,6 +362,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     )
     started = time.time()
     tuner.fit()
+    sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
     return finish_experiment(root, config, console, wall_time_s=time.time() - started, max_t=max_t)
 
 
