@@ -61,8 +61,9 @@ def sweep_scratch_dirs(parent: str | None = None) -> None:
 def make_scratch_dir(parent: str | None = None) -> str:
     """The HF Trainer's local output folder for this worker (Ray persists the checkpoints),
     named after the worker's pid so that `sweep_scratch_dirs` can tell when it is orphaned."""
+    parent = parent or tempfile.gettempdir()
     sweep_scratch_dirs(parent)
-    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent or tempfile.gettempdir())
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
 
 
 def _callbacks():

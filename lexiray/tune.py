@@ -241,15 +241,24 @@ def _experiment_info(storage: str, name: str, chaos: dict | None) -> dict:
     }
 
 
+def _fit_and_finish(tuner, root: str, config: ExperimentConfig, console, max_t: int) -> dict:
+    """Run (or continue) the Tuner, then the leaderboard, summary and best-adapter export."""
+    from lexiray.report import finish_experiment
+    from lexiray.trial import sweep_scratch_dirs
+
+    started = time.time()
+    tuner.fit()
+    sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
+    return finish_experiment(root, config, console, wall_time_s=time.time() - started, max_t=max_t)
+
+
 def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, address: str | None = None,
                verbose: bool = False) -> dict:
     """`lexiray tune`: validate everything, run the Tuner, then report and export."""
-    from lexiray.trial import sweep_scratch_dirs
     from ray import tune
 
     from lexiray.launch import check_resources, init_ray
     from lexiray.progress import ProgressCallback
-    from lexiray.report import finish_experiment
 
     storage, name = experiment_location(config)
     root = join(storage, name)
@@ -293,10 +302,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: dict | None = None, add
             verbose=1 if verbose else 0,
         ),
     )
-    started = time.time()
-    tuner.fit()
-    sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
-    return finish_experiment(root, config, console, wall_time_s=time.time() - started, max_t=max_t)
+    return _fit_and_finish(tuner, root, config, console, max_t)
 
 
 def _param_space(config: ExperimentConfig) -> dict:
@@ -335,8 +341,6 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
 
     from lexiray.launch import check_resources, init_ray
     from lexiray.progress import ProgressCallback
-    from lexiray.report import finish_experiment
-    from lexiray.trial import sweep_scratch_dirs
 
     root = resolve_experiment(path_or_name)
     from lexiray.config import yaml_load
@@ -360,10 +364,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
         restart_errored=False,
         param_space=_param_space(config),
     )
-    started = time.time()
-    tuner.fit()
-    sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
-    return finish_experiment(root, config, console, wall_time_s=time.time() - started, max_t=max_t)
+    return _fit_and_finish(tuner, root, config, console, max_t)
 
 
 def read_summary(root: str | Path) -> dict:

@@ -1,5 +1,5 @@
-"""A trial worker's local HF output folder: removed after training, and the folders of
-workers that were killed (ASHA stops trials that way) are swept by the next worker."""
+"""A trial worker's local HF output folder: the folders of workers that were killed (ASHA
+stops trials that way) are swept when the next worker makes its own."""
 
 import os
 import subprocess
