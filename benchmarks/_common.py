@@ -48,27 +48,22 @@ def trial_results(root: Path) -> dict[str, list[dict]]:
 def plain_hf_run(config, threads: int) -> dict:
     """The same trial as a plain script: HF Trainer + PEFT in this process, no Ray."""
     import torch
-    from transformers import Trainer
 
-    from lexiray.data import PadCollator, prepare_data
+    from lexiray.data import prepare_data
+    from lexiray.hf_trainer import EvaluateAndSaveAtLastStep, ThroughputMeter, build_hf_trainer
     from lexiray.model import build_peft_model, load_tokenizer
-    from lexiray.trial import _callbacks, build_training_arguments
 
     torch.set_num_threads(threads)
     started = time.time()
     tokenizer = load_tokenizer(config.model)
     prepared = prepare_data(config.data, tokenizer)
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
-    throughput_cls, final_eval_cls, _, _ = _callbacks()
-    throughput = throughput_cls(started)
+    throughput = ThroughputMeter(started)
     with tempfile.TemporaryDirectory() as output:
-        args = build_training_arguments(config, output, "fp32", cuda=False, eval_on_start=False)
-        trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                          train_dataset=prepared.train.select_columns(["input_ids", "labels"]),
-                          eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]),
-                          callbacks=[throughput, final_eval_cls()])
+        trainer = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, output, "fp32",
+                                   cuda=False, callbacks=[throughput, EvaluateAndSaveAtLastStep()])
         trainer.train()
-        metrics = throughput.metrics(args, trainer.state)
+        metrics = throughput.metrics(trainer.args, trainer.state)
         metrics["eval_loss"] = trainer.evaluate()["eval_loss"]
     metrics["wall_s"] = time.time() - started
     return metrics

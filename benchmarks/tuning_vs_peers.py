@@ -25,7 +25,7 @@ from pathlib import Path
 from _common import plain_hf_run, run_tune, write_config
 
 from lexiray.config import load_config
-from lexiray.space import apply_sample
+from lexiray.config import apply_sample
 
 LEARNING_RATES = [1.0e-3, 1.0e-4, 3.0e-3, 3.0e-4]  # not sorted: a sorted grid arrives best-last, and async ASHA stops nothing
 RANKS = [4, 16]
@@ -42,12 +42,10 @@ def run_plain(base) -> tuple[float, float]:
 def _hf_trainer(base, output: str):
     """A HF Trainer whose model_init builds the LoRA model from the trial's rank."""
     import torch
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
 
-    from lexiray.data import PadCollator, prepare_data
+    from lexiray.data import prepare_data
+    from lexiray.hf_trainer import build_hf_trainer
     from lexiray.model import build_peft_model, load_tokenizer
-    from lexiray.trial import build_training_arguments
 
     torch.set_num_threads(2)
     tokenizer = load_tokenizer(base.model)
@@ -63,12 +61,9 @@ def _hf_trainer(base, output: str):
         config = apply_sample(base, {"lora.r": rank})
         return build_peft_model(config.model, config.lora, config.training, "fp32")
 
-    args = build_training_arguments(base, output, "fp32", cuda=False, eval_on_start=False)
-    args.save_strategy = "no"
-    trainer = Trainer(model_init=model_init, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                      train_dataset=prepared.train.select_columns(["input_ids", "labels"]),
-                      eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]))
-    trainer.remove_callback(PrinterCallback)
+    trainer = build_hf_trainer(base, None, tokenizer, prepared.train, prepared.eval, output, "fp32", cuda=False,
+                               model_init=model_init)
+    trainer.args.save_strategy = "no"
     return trainer
 
 
@@ -95,13 +90,11 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
     process that, at every evaluation, saves a checkpoint when the step is a save step and
     reports eval_loss with it to Tune (`Trainer._report_to_hp_search`, backend "ray")."""
     from ray import tune
-    from transformers import Trainer, TrainerCallback
-    from transformers.trainer_callback import PrinterCallback
+    from transformers import TrainerCallback
 
     from lexiray.config import config_from_dict
-    from lexiray.data import PadCollator
+    from lexiray.hf_trainer import build_hf_trainer
     from lexiray.model import build_peft_model, load_tokenizer
-    from lexiray.trial import build_training_arguments
 
     config = apply_sample(config_from_dict(base_raw), sample)
     tokenizer = load_tokenizer(config.model)
@@ -119,12 +112,10 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
                 tune.report({"objective": metrics["eval_loss"], "step": state.global_step}, checkpoint=checkpoint)
 
     with tempfile.TemporaryDirectory() as output:
-        args = build_training_arguments(config, output, "fp32", cuda=False, eval_on_start=False)
         report = ReportToTune()
-        trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                          train_dataset=train_set, eval_dataset=eval_set, callbacks=[report])
+        trainer = build_hf_trainer(config, model, tokenizer, train_set, eval_set, output, "fp32", cuda=False,
+                                   callbacks=[report])
         report.trainer = trainer
-        trainer.remove_callback(PrinterCallback)
         trainer.train()
 
 

@@ -1,11 +1,12 @@
 """`--chaos`: a testing aid that SIGKILLs a training worker once, to prove resume works.
 
-  kill-worker@step=N   kill the worker process when it finishes step N
-  kill-save@step=N     kill it inside the checkpoint save of step N, after the local
-                       files are written and before Ray has persisted the checkpoint
+  kill-worker@step=N          kill the worker process when it finishes step N
+  kill-save@step=N            kill it inside the checkpoint save of step N, after the local
+                              files are written and before Ray has persisted the checkpoint
+  ...,trial=K                 in a tuning run, hit the K-th trial (0-based; default the first)
 
-Only the first trial of an experiment is hit, once: a marker file beside the experiment
-records that the kill happened, so the restarted worker trains on undisturbed.
+A marker file beside the experiment records that the kill happened, so the restarted worker
+trains on undisturbed. The HF callback that fires it is `hf_trainer.KillWorkerOnce`.
 """
 
 from __future__ import annotations
@@ -13,48 +14,46 @@ from __future__ import annotations
 import os
 import re
 import signal
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from lexiray.errors import ConfigError
 
-_SPEC = re.compile(r"^(?P<action>kill-worker|kill-save)@step=(?P<step>\d+)$")
+_SPEC = re.compile(r"^(?P<action>kill-worker|kill-save)@step=(?P<step>\d+)(?:,trial=(?P<trial>\d+))?$")
+MARKER_NAME = ".chaos-fired"
 
 
-def parse_chaos(text: str) -> dict:
+@dataclass(frozen=True)
+class ChaosSpec:
+    action: str  # "kill-worker" or "kill-save"
+    step: int
+    trial_index: int = 0
+    marker: str | None = None  # the file whose creation makes the kill happen only once
+
+    def bound_to(self, folder: str | Path) -> "ChaosSpec":
+        return replace(self, marker=str(Path(folder) / MARKER_NAME))
+
+    def hits_trial(self, trial_id: str) -> bool:
+        """Tune names trials `<experiment>_<index, 5 digits>`."""
+        return trial_id.endswith(f"_{self.trial_index:05d}")
+
+
+def parse_chaos(text: str) -> ChaosSpec:
     match = _SPEC.match(text.strip())
     if not match or int(match.group("step")) <= 0:
-        raise ConfigError(f"--chaos {text!r}: expected kill-worker@step=N or kill-save@step=N with N > 0")
-    return {"action": match.group("action"), "step": int(match.group("step"))}
+        raise ConfigError(f"--chaos {text!r}: expected kill-worker@step=N or kill-save@step=N with N > 0 "
+                          "(optionally ,trial=K)")
+    return ChaosSpec(match.group("action"), int(match.group("step")), int(match.group("trial") or 0))
 
 
-def with_marker(chaos: dict | None, folder: Path) -> dict | None:
-    """The chaos spec bound to the marker file that makes it fire only once."""
-    if not chaos:
-        return None
-    return {**chaos, "marker": str(folder / ".chaos-fired")}
-
-
-def _fire(chaos: dict) -> None:
-    marker = Path(chaos["marker"])
+def fire_once(chaos: ChaosSpec) -> None:
+    """SIGKILL this process, unless another process already did it for this spec."""
+    if chaos.marker is None:
+        raise ValueError("a chaos spec must be bound to a marker folder before it can fire")
     try:  # O_EXCL: exactly one process wins, even with several workers
-        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        descriptor = os.open(chaos.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
-    os.write(descriptor, f"{chaos['action']}@step={chaos['step']} pid={os.getpid()}\n".encode())
+    os.write(descriptor, f"{chaos.action}@step={chaos.step} pid={os.getpid()}\n".encode())
     os.close(descriptor)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def chaos_callback(chaos: dict):
-    from transformers import TrainerCallback
-
-    class ChaosCallback(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if chaos["action"] == "kill-worker" and state.global_step == chaos["step"]:
-                _fire(chaos)
-
-        def on_save(self, args, state, control, **kwargs):
-            if chaos["action"] == "kill-save" and state.global_step == chaos["step"]:
-                _fire(chaos)
-
-    return ChaosCallback()

@@ -32,12 +32,28 @@ def _load(config: Optional[str], overrides: Optional[List[str]]):
     return load_config(config, overrides or [])
 
 
-def _parse_chaos(text: Optional[str]) -> Optional[dict]:
+def _parse_chaos(text: Optional[str]):
     if not text:
         return None
     from lexiray.chaos import parse_chaos
 
     return parse_chaos(text)
+
+
+def tune_overrides(set_: Optional[List[str]], num_samples: Optional[int] = None, max_concurrent: Optional[int] = None,
+                   time_budget: Optional[str] = None, storage_path: Optional[str] = None,
+                   name: Optional[str] = None) -> list[str]:
+    """`lexiray tune`'s shortcut options as the `--set` overrides they stand for."""
+    from lexiray.config import parse_duration
+
+    overrides = list(set_ or [])
+    for key, value in (("tune.num_samples", num_samples), ("tune.max_concurrent_trials", max_concurrent),
+                       ("tune.storage_path", storage_path), ("tune.name", name)):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if time_budget is not None:
+        overrides.append(f"tune.time_budget_s={parse_duration(time_budget)}")
+    return overrides
 
 
 @app.command()
@@ -52,7 +68,7 @@ def train(
     debug: bool = DebugOption,
 ):
     """Run one training trial through Ray Train and export its adapter."""
-    from lexiray.launch import run_training
+    from lexiray.trial import run_training
 
     settings = _load(config, set_)
     console.print(f"lexiray train: [bold]{settings.name}[/] — model {settings.model.name}, output {output}")
@@ -79,23 +95,20 @@ def tune(
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 90m, 2h"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
-    chaos: Optional[str] = typer.Option(None, "--chaos", help="Testing aid: kill-worker@step=N"),
+    chaos: Optional[str] = typer.Option(None, "--chaos",
+                                        help="Testing aid: kill-worker@step=N or kill-save@step=N [,trial=K]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
 ):
     """Tune the config's search space with Ray Tune + ASHA; print the leaderboard; export the best adapter."""
-    from lexiray.tune import parse_duration, run_tuning
+    from lexiray.report import finish_experiment
+    from lexiray.tune import run_tuning
 
-    overrides = list(set_ or [])
-    for key, value in (("tune.num_samples", num_samples), ("tune.max_concurrent_trials", max_concurrent),
-                       ("tune.storage_path", storage_path), ("tune.name", name)):
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    if time_budget is not None:
-        overrides.append(f"tune.time_budget_s={parse_duration(time_budget)}")
+    overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name)
     settings = _load(config, overrides)
-    run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose)
+    run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose)
+    finish_experiment(run, console)
 
 
 @app.command()
@@ -107,9 +120,11 @@ def resume(
     debug: bool = DebugOption,
 ):
     """Continue an interrupted tuning experiment from what is in its storage."""
+    from lexiray.report import finish_experiment
     from lexiray.tune import resume_tuning
 
-    resume_tuning(path, console=console, retry_errored=retry_errored, address=address, verbose=verbose)
+    run = resume_tuning(path, console=console, retry_errored=retry_errored, address=address, verbose=verbose)
+    finish_experiment(run, console)
 
 
 @app.command()
@@ -182,8 +197,9 @@ def report(
 ):
     """Rebuild and print the leaderboard (and plots) of an experiment folder."""
     from lexiray.report import build_report, print_leaderboard
+    from lexiray.storage import find_experiment
 
-    summary = build_report(Path(path))
+    summary = build_report(find_experiment(path))
     print_leaderboard(summary, console)
 
 
@@ -196,8 +212,9 @@ def export(
 ):
     """Export a trial's best adapter (default: the best trial's) with its tokenizer and config."""
     from lexiray.report import export_trial
+    from lexiray.storage import find_experiment
 
-    destination = export_trial(Path(path), output, trial)
+    destination = export_trial(find_experiment(path), output, trial)
     console.print(f"adapter exported to {destination}")
 
 
@@ -206,6 +223,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=False)
     except LexirayError as error:

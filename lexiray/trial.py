@@ -1,223 +1,191 @@
-"""One trial on a Ray Train worker: HF Trainer around a PEFT model, reporting to Ray Train.
+"""One trial, top to bottom: the Tune trial driver, the Ray Train worker, `lexiray train`.
 
-`train_loop_per_worker` is what every Ray Train worker runs. It knows nothing of Tune:
-Train forwards its reports to Tune through `TuneReportCallback` when a Tune trial drives
-it, and resumes it from `ray.train.get_checkpoint()` after a worker failure.
+The flow of one tuning trial, each integration point numbered where it happens:
+
+  Tune's trial actor ─► run_tune_trial(sample, plan)          (the per-trial driver)
+      1. the trial's config = the experiment's config + this sample
+      2. a trial that finished before a driver restart replays its results, never retrains
+      3. its resolved config is saved where it runs
+      4. one Ray Train run named by the trial id, reporting to Tune ─► build_torch_trainer
+  each Ray Train worker ─► train_worker(settings)
+      5. threads and precision for the hardware this worker got
+      6. tokenizer, base model + LoRA, the tokenized data from the object store
+      7. Train hands back the last persisted checkpoint after a failure: resume from it
+      8. the HF Trainer (lexiray.hf_trainer): each save → one `ray.train.report`
+      9. fit, then drop the local scratch folder (every checkpoint is in Ray's storage)
+
+`lexiray train` (run_training) runs steps 4–9 without Tune. What crosses the Ray boundary
+is a frozen dataclass: `TrialPlan` (Tune driver → trial driver), `WorkerSettings`
+(trial driver → workers).
+
+Only Ray and light lexiray modules are imported at the top: Ray imports this module in
+every trial's driver process, and transformers alone would cost it ~3 CPU-seconds.
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
-import resource
 import shutil
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from lexiray.config import ExperimentConfig
-from lexiray.data import PadCollator, load_prepared
+import ray.train
+import ray.tune
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+# Ray internals, pinned (pyproject: ray>=2.60,<2.61) and checked by
+# tests/integration/test_ray_processes.py, so a rename upstream fails a test.
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+from lexiray import storage
+from lexiray.chaos import ChaosSpec
+from lexiray.cluster import check_resources, init_ray
+from lexiray.config import ExperimentConfig, apply_sample
+from lexiray.data import load_prepared, prepare_data, save_prepared
+from lexiray.errors import LexirayError
 from lexiray.model import build_peft_model, choose_precision, detect_hardware, load_tokenizer
+from lexiray.space import describe_sample
+from lexiray.storage import ExperimentLayout, TrainRunLayout
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "checkpoint"  # RayTrainReportCallback's folder inside a Ray checkpoint
+# A Tune trial's driver only waits on its Train run; Ray refuses a 0-CPU bundle.
+TRIAL_DRIVER_CPUS = 0.01
 
 
-def peak_memory_mb() -> float:
-    """Peak GPU memory of this process when on CUDA, else its peak resident memory."""
-    import torch
+@dataclass(frozen=True)
+class TrainingData:
+    """The tokenized train / eval sets: Arrow tables in the object store (tuning: tokenized
+    once, shared by every trial) or a folder written by `data.save_prepared` (one run)."""
 
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    train_ref: Any = None  # ray.ObjectRef of a pyarrow.Table
+    eval_ref: Any = None
+    folder: str | None = None
 
+    def load(self):
+        if self.folder is not None:
+            return load_prepared(self.folder)
+        import datasets
 
-SCRATCH_PREFIX = "lexiray-trial-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
+        return datasets.Dataset(ray.get(self.train_ref)), datasets.Dataset(ray.get(self.eval_ref))
 
 
-def sweep_scratch_dirs(parent: str | None = None) -> None:
-    """Remove the scratch folders of trial workers that no longer exist (on this machine).
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a Ray Train worker needs, from the driver that launches it."""
 
-    ASHA stops a trial by killing its worker, so no `finally` of that worker runs, and each
-    leftover holds its last checkpoints (tens of MB on a real model)."""
-    for entry in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
-        pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def make_scratch_dir(parent: str | None = None) -> str:
-    """The HF Trainer's local output folder for this worker (Ray persists the checkpoints),
-    named after the worker's pid so that `sweep_scratch_dirs` can tell when it is orphaned."""
-    parent = parent or tempfile.gettempdir()
-    sweep_scratch_dirs(parent)
-    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
+    config: ExperimentConfig  # the trial's resolved config
+    data: TrainingData
+    tensorboard_dir: str | None = None
+    eval_on_start: bool = False  # a step-0 evaluation, for the "before" of a single run
+    chaos: ChaosSpec | None = None
+    print_progress: bool = False
+    started_at: float = field(default_factory=time.time)  # for the startup_s metric
 
 
-def _callbacks():
-    """Built lazily: importing transformers / ray.train at module import would slow every
-    process that merely imports lexiray.trial (the Tune driver, the CLI)."""
-    from ray.train.huggingface.transformers import RayTrainReportCallback
-    from transformers import TrainerCallback
+@dataclass(frozen=True)
+class TrialPlan:
+    """What every trial of a tuning experiment shares, from the Tune driver."""
 
-    class ThroughputCallback(TrainerCallback):
-        """Measures training time (not evaluation), samples/s and non-pad tokens/s."""
-
-        def __init__(self, started_at: float | None):
-            self.started_at = started_at
-            self.train_seconds = 0.0
-            self.step_began = None
-            self.first_step_at = None
-            self.first_step_perf = self.last_step_end = 0.0
-            self.start_step = 0
-            self.start_tokens = 0
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.start_step = state.global_step
-            self.start_tokens = state.num_input_tokens_seen
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step_began = time.perf_counter()
-            if self.first_step_at is None:
-                self.first_step_at = time.time()
-                self.first_step_perf = self.step_began
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.step_began is not None:
-                self.last_step_end = time.perf_counter()
-                self.train_seconds += self.last_step_end - self.step_began
-                self.step_began = None
-
-        def metrics(self, args, state) -> dict:
-            steps = state.global_step - self.start_step
-            samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-            seconds = max(self.train_seconds, 1e-9)
-            tokens = state.num_input_tokens_seen - self.start_tokens
-            metrics = {
-                "samples_per_second": samples / seconds,
-                "tokens_per_second": tokens / seconds,
-                "steps_per_second": steps / seconds,
-                "peak_memory_mb": peak_memory_mb(),
-                "total_steps": state.max_steps,
-                "resumed_from_step": self.start_step,  # > 0 after a restore: steps kept
-            }
-            if steps > 1 and self.first_step_at is not None:
-                # steps over the whole training phase, evaluations and checkpoints included
-                metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_perf)
-            if self.started_at is not None and self.first_step_at is not None:
-                metrics["startup_s"] = self.first_step_at - self.started_at
-            return metrics
-
-    class FinalEvaluationCallback(TrainerCallback):
-        """Evaluate and save on the last step, so the final model is reported and kept."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                control.should_evaluate = True
-                control.should_save = True
-            return control
-
-    class LexirayReportCallback(RayTrainReportCallback):
-        """Ray's report-on-save callback, plus throughput, memory and the train loss."""
-
-        def __init__(self, throughput: ThroughputCallback):
-            super().__init__()
-            self.throughput = throughput
-
-        def on_save(self, args, state, control, **kwargs):
-            extra = self.throughput.metrics(args, state)
-            losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
-            if losses:
-                extra["train_loss"] = losses[-1]
-            extra["step"] = state.global_step
-            # The parent merges state.log_history into the report: append ours last.
-            state.log_history.append(extra)
-            try:
-                super().on_save(args, state, control, **kwargs)
-            finally:
-                state.log_history.pop()
-
-    class ProgressCallback(TrainerCallback):
-        """One line per log for `lexiray train` (Tune shows its own status lines)."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            logs = logs or {}
-            parts = [f"step {state.global_step}/{state.max_steps}"]
-            for key in ("loss", "eval_loss", "learning_rate"):
-                if key in logs:
-                    parts.append(f"{key} {logs[key]:.4g}")
-            if len(parts) > 1:
-                print("  " + "  ".join(parts), flush=True)
-
-    return ThroughputCallback, FinalEvaluationCallback, LexirayReportCallback, ProgressCallback
+    base_config: ExperimentConfig  # the experiment's config; the sample is applied per trial
+    data: TrainingData
+    layout: ExperimentLayout
+    chaos: ChaosSpec | None = None
 
 
-def build_training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
-                             eval_on_start: bool):
-    from transformers import TrainingArguments
+# --------------------------------------------------------------------------- the trial driver
 
-    training = config.training
-    workers = training.dataloader_num_workers
-    if workers == "auto":  # loader processes pay off feeding a GPU; on CPU they steal its cores
-        workers = int(config.resources.cpus_per_trial) if cuda else 0
-    return TrainingArguments(
-        output_dir=output_dir,
-        learning_rate=training.learning_rate,
-        num_train_epochs=training.num_train_epochs,
-        max_steps=training.max_steps,
-        per_device_train_batch_size=training.per_device_train_batch_size,
-        per_device_eval_batch_size=training.per_device_eval_batch_size,
-        gradient_accumulation_steps=training.gradient_accumulation_steps,
-        optim=training.optim,
-        lr_scheduler_type=training.lr_scheduler_type,
-        warmup_steps=training.warmup_steps,
-        weight_decay=training.weight_decay,
-        max_grad_norm=training.max_grad_norm,
-        eval_strategy="steps",
-        eval_steps=training.effective_eval_steps,
-        eval_on_start=eval_on_start,
-        save_strategy="steps",
-        save_steps=training.save_steps,
-        save_total_limit=2,  # local copies only: Ray keeps the persisted ones
-        logging_steps=training.logging_steps,
-        activation_checkpointing=training.gradient_checkpointing,  # transformers 5's name for it
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        # Every LoRA weight takes part in each forward pass; HF's default (True when not
-        # checkpointing) costs an extra autograd traversal per step under Ray's DDP wrapper.
-        ddp_find_unused_parameters=False,
-        fp16=precision == "fp16",
-        bf16=precision == "bf16",
-        use_cpu=not cuda,
-        dataloader_num_workers=workers,
-        dataloader_prefetch_factor=training.dataloader_prefetch_factor if workers > 0 else None,
-        include_num_input_tokens_seen="non_padding",
-        report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
-        disable_tqdm=True,
-        seed=training.seed,
-        data_seed=training.seed,
-        remove_unused_columns=False,
+
+def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
+    """The Tune trainable: one Ray Train run for one sample of the search space."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    # 1. The trial's config: derived settings and the constant effective batch applied.
+    config = apply_sample(plan.base_config, sample)
+    trial_id = ray.tune.get_context().get_trial_id()
+    # 2. Finished (or stopped by ASHA) before a driver restart: never train it again, but
+    #    hand Tune back the results its restore dropped.
+    if storage.is_finished(plan.layout, trial_id):
+        for result in storage.read_history(plan.layout, trial_id):
+            ray.tune.report({**result, "replayed": True})
+        return
+    # 3. Saved where it runs, so the report never has to re-derive it.
+    storage.write_trial_config(plan.layout, trial_id, config)
+    chaos = plan.chaos if plan.chaos and plan.chaos.hits_trial(trial_id) else None
+    settings = WorkerSettings(
+        config=config,
+        data=plan.data,
+        tensorboard_dir=plan.layout.trial_tensorboard_dir(trial_id, describe_sample(sample)),
+        chaos=chaos,
+    )
+    # 4. Named by the (stable) trial id: a retried or restored trial finds its own
+    #    checkpoints. Retries belong to Tune here (tune.RunConfig's FailureConfig), not to
+    #    Train: when ASHA stops a trial, Ray tears its Train controller down, the workers
+    #    die first, and a controller allowed to retry starts a fresh worker group in its
+    #    last ~0.2 s whose placement group nobody removes: its CPUs stay taken and later
+    #    trials wait forever (seen: a 12-trial run hung with two such groups).
+    trainer = build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id,
+                                  worker_retries=0, callbacks=[TuneReportCallback()],
+                                  driver_cpus=TRIAL_DRIVER_CPUS)
+    trainer.fit()
+
+
+class LeanTorchTrainer(TorchTrainer):
+    """`TorchTrainer` without the Ray Data plumbing lexiray does not use. Every Train run
+    starts a DatasetManager actor (and pushes Ray Data's context to the workers) even when
+    no `datasets=` is given: one more Python process per trial, seconds of CPU on a small
+    machine. (The placement-group cleaner stays: when ASHA stops a trial its controller
+    dies with the trial, and only the cleaner gives the workers' CPUs / GPU back.)"""
+
+    def _create_default_callbacks(self):
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
+
+
+def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, worker_retries: int,
+                        callbacks: list | None = None, driver_cpus: float = 0.0) -> TorchTrainer:
+    """A Ray Train run of `train_worker` on the config's resources; checkpoints ranked by
+    the tuned metric, the best `tune.keep_checkpoints` kept. `worker_retries`: how often
+    Train restarts failed workers from the last checkpoint (0 under Tune, which retries)."""
+    config = settings.config
+    resources = config.resources
+    # A Tune trial's driver holds a sliver of CPU; the first worker gives it back, or on a
+    # 2-CPU machine 2 x (1 + 0.01) CPUs would not fit and trials would run one at a time.
+    per_worker = {"CPU": max(resources.cpus_per_trial - driver_cpus / resources.num_workers, 0.01)}
+    if resources.gpus_per_trial:
+        per_worker["GPU"] = resources.gpus_per_trial
+    return LeanTorchTrainer(
+        # The settings travel in the pickled function, not as `train_loop_config`: Ray
+        # types that as a JSON-like dict (its state export converts it to a protobuf Struct).
+        functools.partial(train_worker, settings),
+        scaling_config=ScalingConfig(
+            num_workers=resources.num_workers,
+            use_gpu=resources.gpus_per_trial > 0,
+            resources_per_worker=per_worker,
+            accelerator_type=resources.accelerator_type,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=config.tune.keep_checkpoints,
+                checkpoint_score_attribute=config.tune.metric,
+                checkpoint_score_order=config.tune.mode,
+            ),
+            failure_config=FailureConfig(max_failures=worker_retries),
+            callbacks=callbacks or [],
+            logging_config=LoggingConfig(log_level="WARNING"),  # no line per report / checkpoint
+        ),
     )
 
 
-def tensorboard_callback(folder: str):
-    """HF's TensorBoard callback with its writer pinned to `folder` (inside the experiment
-    folder, so `tensorboard --logdir` on the experiment shows every trial's curves)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=folder))
+# --------------------------------------------------------------------------- the Train worker
 
 
 def set_thread_count(cpus: float) -> None:
@@ -229,86 +197,125 @@ def set_thread_count(cpus: float) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def _datasets(loop_config: dict):
-    """The tokenized sets: from the object store (tuning) or the run folder (`train`)."""
-    refs = loop_config.get("data_refs")
-    if not refs:
-        return load_prepared(loop_config["data_dir"])
-    import datasets
-    import ray
+def quiet_train_reports() -> None:
+    """No log line per report: Ray Train logs each one at INFO, partly from a logger named
+    by its file's path rather than under "ray.train"."""
+    from ray.train.v2._internal.execution import context as train_context
 
-    return datasets.Dataset(ray.get(refs["train"])), datasets.Dataset(ray.get(refs["eval"]))
+    for name in ("ray.train", train_context.__file__):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker entry point. `loop_config` is plain data built by the driver:
-    experiment (the resolved config), data_dir, tensorboard_dir, eval_on_start, started_at."""
-    import ray.train
-    from ray.train.huggingface.transformers import prepare_trainer
-    from transformers import Trainer
-    from transformers.trainer_callback import PrinterCallback
+def train_worker(settings: WorkerSettings) -> None:
+    """What every Ray Train worker runs. It knows nothing of Tune: Train forwards its
+    reports to Tune (TuneReportCallback) when a Tune trial drives it."""
+    from lexiray import hf_trainer  # transformers: paid by the workers only
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # no line per report
-    config = ExperimentConfig.model_validate(loop_config["experiment"])
+    quiet_train_reports()
+    config = settings.config
+    # 5. Threads and precision for the hardware this worker got.
     hardware = detect_hardware()
     if not hardware.cuda:
         set_thread_count(config.resources.cpus_per_trial)
     precision = choose_precision(config.training.precision, hardware)
-
-    tensorboard_dir = loop_config.get("tensorboard_dir")
+    # 6. Model and data.
     tokenizer = load_tokenizer(config.model)
     model = build_peft_model(config.model, config.lora, config.training, precision)
-    train_set, eval_set = _datasets(loop_config)
-    train_set = train_set.select_columns(["input_ids", "labels"])
-    eval_set = eval_set.select_columns(["input_ids", "labels"])
-
+    train_set, eval_set = settings.data.load()
+    # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
+    #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
     checkpoint = ray.train.get_checkpoint()
-    output_dir = make_scratch_dir()
-    args = build_training_arguments(
-        config, output_dir, precision, hardware.cuda,
-        # a resumed run has its step-0 evaluation in the restored history already
-        eval_on_start=bool(loop_config.get("eval_on_start")) and checkpoint is None,
+    # 8. The HF Trainer. Callback order matters: the chaos kill inside a save strikes
+    #    before the report persists that checkpoint.
+    throughput = hf_trainer.ThroughputMeter(settings.started_at)
+    callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep()]
+    if settings.chaos:
+        callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
+    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants={"precision": precision}))
+    if settings.print_progress:
+        callbacks.append(hf_trainer.PrintTrainingProgress())
+    if settings.tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
+        callbacks.append(hf_trainer.tensorboard_callback(settings.tensorboard_dir))
+    output_dir = storage.make_scratch_dir()
+    trainer = hf_trainer.build_hf_trainer(
+        config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,
+        eval_on_start=settings.eval_on_start and checkpoint is None, callbacks=callbacks,
     )
-    throughput_cls, final_eval_cls, report_cls, progress_cls = _callbacks()
-    throughput = throughput_cls(loop_config.get("started_at"))
-    callbacks = [throughput, final_eval_cls()]
-    chaos = loop_config.get("chaos")
-    if chaos:  # before the report callback, so kill-save strikes before Ray persists
-        from lexiray.chaos import chaos_callback
-
-        callbacks.append(chaos_callback(chaos))
-    callbacks.append(report_cls(throughput))
-    if loop_config.get("print_progress"):
-        callbacks.append(progress_cls())
-    if tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
-        callbacks.append(tensorboard_callback(tensorboard_dir))
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # raw log dicts: ProgressCallback prints a clean line
-    trainer = prepare_trainer(trainer)
-
+    # 9. Fit.
     try:
         if checkpoint is None:
             trainer.train()
             return
         with checkpoint.as_directory() as restored:
-            resume_dir = os.path.join(restored, CHECKPOINT_NAME)
+            resume_dir = os.path.join(restored, storage.CHECKPOINT_NAME)
             log.info("resuming from %s", resume_dir)
             trainer.train(resume_from_checkpoint=resume_dir)
     finally:
-        shutil.rmtree(output_dir, ignore_errors=True)  # every checkpoint is in Ray's storage
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def read_log_history(checkpoint_dir: str | Path) -> list[dict]:
-    """The HF log history saved with a checkpoint (includes the step-0 evaluation)."""
-    state = Path(checkpoint_dir) / "trainer_state.json"
-    if not state.is_file():
-        return []
-    return json.loads(state.read_text()).get("log_history", [])
+# --------------------------------------------------------------------------- `lexiray train`
+
+
+def best_checkpoint(result, metric: str = "eval_loss", mode: str = "min"):
+    """(checkpoint, metrics) of a Train result's best kept checkpoint by `metric`."""
+    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if metric in m]
+    if not ranked:
+        return (result.checkpoint, result.metrics) if result.checkpoint else (None, {})
+    pick = min if mode == "min" else max
+    return pick(ranked, key=lambda pair: pair[1][metric])
+
+
+def fit_or_explain(trainer: TorchTrainer):
+    """`trainer.fit()`, with a failed run turned into one readable line."""
+    from ray.train import TrainingFailedError
+
+    try:
+        return trainer.fit()
+    except TrainingFailedError as error:
+        root = error
+        while root.__cause__ is not None:
+            root = root.__cause__
+        lines = [line for line in str(root).strip().splitlines() if line.strip()]
+        raise LexirayError(f"training failed: {lines[-1] if lines else type(root).__name__}") from error
+
+
+def run_training(config: ExperimentConfig, output: Path, resume: bool = False, chaos: ChaosSpec | None = None,
+                 address: str | None = None, verbose: bool = False) -> dict:
+    """`lexiray train`: one trial through Ray Train; the adapter, tokenizer, resolved config
+    and metrics are exported to `output`. `resume` continues the run already in `output`
+    (Ray Train restores a run with the same storage path and name)."""
+    layout = TrainRunLayout(output.expanduser().resolve())
+    if layout.run_dir.exists() and not resume:
+        raise LexirayError(f"{layout.output} already holds a training run: pass --resume to continue it "
+                           "or choose another --output")
+    if resume and not layout.run_dir.exists():
+        raise LexirayError(f"--resume: {layout.output} holds no training run to continue")
+    if not (resume and (layout.data_dir / "train").is_dir()):
+        prepared = prepare_data(config.data, load_tokenizer(config.model))  # fails before any folder is made
+        print(f"data: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
+              f"({prepared.shape} shape, {len(prepared.bad_rows)} skipped, {prepared.truncated} truncated)")
+        save_prepared(prepared, layout.data_dir)
+    storage.write_config(layout.config_file, config)
+    init_ray(address, verbose=verbose, log_to_driver=True)
+    check_resources(config)
+    settings = WorkerSettings(
+        config=config,
+        data=TrainingData(folder=str(layout.data_dir)),
+        tensorboard_dir=str(layout.tensorboard_dir),
+        eval_on_start=True,
+        chaos=chaos.bound_to(layout.output) if chaos else None,
+        print_progress=True,
+    )
+    # Without Tune, Train itself restarts failed workers from the last checkpoint.
+    trainer = build_torch_trainer(settings, storage_path=layout.ray_storage, name=layout.run_name,
+                                  worker_retries=config.tune.max_failures)
+    started = time.time()
+    result = fit_or_explain(trainer)
+    checkpoint, best_metrics = best_checkpoint(result, config.tune.metric, config.tune.mode)
+    if checkpoint is None:
+        raise LexirayError("training finished without a checkpoint: check training.save_steps")
+    summary = storage.export_adapter(checkpoint, layout.output, config, final_metrics=result.metrics,
+                                     best_metrics=best_metrics, latest_checkpoint=result.checkpoint)
+    summary["wall_time_s"] = time.time() - started
+    return summary

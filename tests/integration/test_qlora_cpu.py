@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from lexiray.config import load_config
-from lexiray.data import PadCollator, prepare_data
+from lexiray.data import prepare_data
+from lexiray.hf_trainer import build_hf_trainer
 from lexiray.model import build_peft_model, load_tokenizer
-from lexiray.trial import build_training_arguments
 
 pytest.importorskip("bitsandbytes")
 
@@ -17,7 +17,6 @@ pytest.importorskip("bitsandbytes")
 @pytest.mark.parametrize("quantization, layer", [("4bit", "Linear4bit"), ("8bit", "Linear8bitLt")])
 def test_qlora_trains_on_cpu(tmp_path, quantization, layer):
     import torch
-    from transformers import Trainer
 
     config = load_config("smoke", [f"model.quantization={quantization}", "training.optim=paged_adamw_8bit",
                                    "training.max_steps=6", "training.save_steps=6", "training.eval_steps=6",
@@ -32,10 +31,8 @@ def test_qlora_trains_on_cpu(tmp_path, quantization, layer):
     before = {name: parameter.detach().clone() for name, parameter in model.named_parameters()
               if "lora_B" in name}
 
-    args = build_training_arguments(config, str(tmp_path), "fp32", cuda=False, eval_on_start=False)
-    trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                      train_dataset=prepared.train.select_columns(["input_ids", "labels"]),
-                      eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]))
+    trainer = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path), "fp32",
+                               cuda=False)
     result = trainer.train()
     assert trainer.state.global_step == 6
     assert torch.isfinite(torch.tensor(result.training_loss))

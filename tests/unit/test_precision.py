@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lexiray.chaos import parse_chaos, with_marker
+from lexiray.chaos import ChaosSpec, parse_chaos
 from lexiray.errors import ConfigError, ResourceError
 from lexiray.model import Hardware, choose_precision
 
@@ -55,9 +55,10 @@ def test_bf16_on_t4_fails():
 
 
 @pytest.mark.parametrize("text, expected", [
-    ("kill-worker@step=3", {"action": "kill-worker", "step": 3}),
-    ("kill-save@step=12", {"action": "kill-save", "step": 12}),
-    ("  kill-worker@step=1\n", {"action": "kill-worker", "step": 1}),
+    ("kill-worker@step=3", ChaosSpec("kill-worker", 3)),
+    ("kill-save@step=12", ChaosSpec("kill-save", 12)),
+    ("  kill-worker@step=1\n", ChaosSpec("kill-worker", 1)),
+    ("kill-worker@step=9,trial=1", ChaosSpec("kill-worker", 9, trial_index=1)),
 ])
 def test_parse_chaos_good(text, expected):
     assert parse_chaos(text) == expected
@@ -65,7 +66,7 @@ def test_parse_chaos_good(text, expected):
 
 @pytest.mark.parametrize("text", ["kill-worker@step=0", "kill-worker", "kill-worker@step=", "kill-worker@step=-1",
                                   "kill-all@step=3", "kill-worker@epoch=3", "kill-worker@step=3x", "",
-                                  "KILL-WORKER@step=3"])
+                                  "KILL-WORKER@step=3", "kill-worker@step=3,trial=", "kill-worker@step=3,trial=x"])
 def test_parse_chaos_bad(text):
     with pytest.raises(ConfigError) as info:
         parse_chaos(text)
@@ -74,7 +75,8 @@ def test_parse_chaos_bad(text):
     assert "\n" not in message
 
 
-def test_with_marker(tmp_path):
-    assert with_marker(None, tmp_path) is None
-    bound = with_marker({"action": "kill-save", "step": 4}, tmp_path)
-    assert bound == {"action": "kill-save", "step": 4, "marker": str(tmp_path / ".chaos-fired")}
+def test_chaos_bound_to_a_marker_and_its_trial(tmp_path):
+    bound = ChaosSpec("kill-save", 4).bound_to(tmp_path)
+    assert bound == ChaosSpec("kill-save", 4, 0, str(tmp_path / ".chaos-fired"))
+    assert bound.hits_trial("a1b2c_00000") and not bound.hits_trial("a1b2c_00001")
+    assert ChaosSpec("kill-worker", 4, trial_index=1).hits_trial("a1b2c_00001")

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from lexiray.trial import SCRATCH_PREFIX, make_scratch_dir
+from lexiray.storage import SCRATCH_PREFIX, make_scratch_dir
 
 
 def _dead_pid() -> int:

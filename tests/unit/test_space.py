@@ -8,7 +8,8 @@ from ray.tune.search import sample
 
 from lexiray.config import SEARCH_SPACES_DIR, load_config
 from lexiray.errors import ConfigError
-from lexiray.space import apply_sample, build_param_space, candidate_values, describe_sample, parse_derived
+from lexiray.config import apply_sample, candidate_values, parse_derived
+from lexiray.space import build_param_space, describe_sample
 
 BATCH = "training.per_device_train_batch_size"
 ACCUMULATION = "training.gradient_accumulation_steps"

@@ -8,7 +8,8 @@ import pytest
 
 from lexiray.config import load_config
 from lexiray.errors import ConfigError
-from lexiray.tune import check_schedule, parse_duration, scheduler, search_algorithm, total_steps
+from lexiray.config import parse_duration
+from lexiray.tune import check_schedule, scheduler, search_algorithm, total_steps
 
 
 def test_total_steps_follow_epochs_or_max_steps():

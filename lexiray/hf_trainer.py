@@ -1,0 +1,248 @@
+"""The Hugging Face side of a trial: `TrainingArguments`, the `Trainer`, and its callbacks.
+
+`build_hf_trainer` is the one place a HF `Trainer` is assembled: the Ray Train worker
+(`lexiray.trial`), the benchmarks and the tests all use it, so they train the same thing.
+
+This module imports transformers at the top, which costs ~3 CPU-seconds; `lexiray.trial`
+imports it only inside the worker function, never in the per-trial driver process.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import ray.train
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from lexiray.chaos import ChaosSpec, fire_once
+from lexiray.config import ExperimentConfig
+from lexiray.data import PadCollator
+from lexiray.storage import CHECKPOINT_NAME
+
+MODEL_COLUMNS = ["input_ids", "labels"]
+
+
+def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
+                       eval_on_start: bool = False) -> TrainingArguments:
+    """The config's training section as HF `TrainingArguments` (HF's names are kept)."""
+    training = config.training
+    workers = training.dataloader_num_workers
+    if workers == "auto":  # loader processes pay off feeding a GPU; on CPU they steal its cores
+        workers = int(config.resources.cpus_per_trial) if cuda else 0
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=training.learning_rate,
+        num_train_epochs=training.num_train_epochs,
+        max_steps=training.max_steps,
+        per_device_train_batch_size=training.per_device_train_batch_size,
+        per_device_eval_batch_size=training.per_device_eval_batch_size,
+        gradient_accumulation_steps=training.gradient_accumulation_steps,
+        optim=training.optim,
+        lr_scheduler_type=training.lr_scheduler_type,
+        warmup_steps=training.warmup_steps,
+        weight_decay=training.weight_decay,
+        max_grad_norm=training.max_grad_norm,
+        eval_strategy="steps",
+        eval_steps=training.effective_eval_steps,
+        eval_on_start=eval_on_start,
+        save_strategy="steps",
+        save_steps=training.save_steps,
+        save_total_limit=2,  # local copies only: Ray keeps the persisted ones
+        logging_steps=training.logging_steps,
+        activation_checkpointing=training.gradient_checkpointing,  # transformers 5's name for it
+        activation_checkpointing_kwargs={"use_reentrant": False},
+        # Every LoRA weight takes part in each forward pass; HF's default (True when not
+        # checkpointing) costs an extra autograd traversal per step under Ray's DDP wrapper.
+        ddp_find_unused_parameters=False,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=not cuda,
+        dataloader_num_workers=workers,
+        dataloader_prefetch_factor=training.dataloader_prefetch_factor if workers > 0 else None,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
+        disable_tqdm=True,
+        seed=training.seed,
+        data_seed=training.seed,
+        remove_unused_columns=False,
+    )
+
+
+def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval_set, output_dir: str,
+                     precision: str, cuda: bool, eval_on_start: bool = False,
+                     callbacks: list[TrainerCallback] | tuple = (), model_init=None) -> Trainer:
+    """A HF `Trainer` for the config: padded batches of the model columns, the given
+    callbacks, and no raw log-dict printing (`PrintTrainingProgress` prints a clean line).
+    Pass `model=None, model_init=...` for HF's own `hyperparameter_search` (benchmarks)."""
+    trainer = Trainer(
+        model=model,
+        model_init=model_init,
+        args=training_arguments(config, output_dir, precision, cuda, eval_on_start),
+        train_dataset=train_set.select_columns(MODEL_COLUMNS),
+        eval_dataset=eval_set.select_columns(MODEL_COLUMNS),
+        data_collator=PadCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory of this process when on CUDA, else its peak resident memory."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class ThroughputMeter(TrainerCallback):
+    """Times the training steps (not evaluations or saves): samples/s, non-pad tokens/s,
+    steps/s, peak memory, and how long the process took to reach its first step."""
+
+    def __init__(self, started_at: float | None = None, clock: Callable[[], float] = time.perf_counter,
+                 wall_clock: Callable[[], float] = time.time):
+        self.started_at = started_at  # wall time the trial was launched, for startup_s
+        self.clock, self.wall_clock = clock, wall_clock
+        self.train_seconds = 0.0
+        self.step_began: float | None = None
+        self.first_step_at: float | None = None
+        self.first_step_clock = self.last_step_end = 0.0
+        self.start_step = 0
+        self.start_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_step = state.global_step  # > 0 after a restore
+        self.start_tokens = state.num_input_tokens_seen
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.step_began = self.clock()
+        if self.first_step_at is None:
+            self.first_step_at = self.wall_clock()
+            self.first_step_clock = self.step_began
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step_began is not None:
+            self.last_step_end = self.clock()
+            self.train_seconds += self.last_step_end - self.step_began
+            self.step_began = None
+
+    def metrics(self, args, state) -> dict:
+        steps = state.global_step - self.start_step
+        samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        seconds = max(self.train_seconds, 1e-9)
+        tokens = state.num_input_tokens_seen - self.start_tokens
+        metrics = {
+            "samples_per_second": samples / seconds,
+            "tokens_per_second": tokens / seconds,
+            "steps_per_second": steps / seconds,
+            "peak_memory_mb": peak_memory_mb(),
+            "total_steps": state.max_steps,
+            "world_size": args.world_size,
+            "resumed_from_step": self.start_step,  # > 0 after a restore: steps kept
+        }
+        if steps > 1 and self.first_step_at is not None:
+            # steps over the whole training phase, evaluations and checkpoints included
+            metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_clock)
+        if self.started_at is not None and self.first_step_at is not None:
+            metrics["startup_s"] = self.first_step_at - self.started_at
+        return metrics
+
+
+class EvaluateAndSaveAtLastStep(TrainerCallback):
+    """The last step is always evaluated and saved, so the final model is reported and kept
+    even when max_steps is not a multiple of save_steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = True
+            control.should_save = True
+        return control
+
+
+class ReportToRayTrain(TrainerCallback):
+    """After each checkpoint save: one `ray.train.report` with the newest value of every
+    logged metric, the throughput, and the HF checkpoint (Train persists it to storage and
+    Tune's schedulers see the metrics). Evaluation runs on every save step (config check),
+    so the reported eval_loss is the checkpoint's own."""
+
+    def __init__(self, throughput: ThroughputMeter, constants: dict | None = None):
+        self.throughput = throughput
+        self.constants = dict(constants or {})  # e.g. the precision the worker chose
+
+    def on_save(self, args, state, control, **kwargs):
+        metrics = {}
+        for entry in state.log_history:  # the newest value of each key wins
+            metrics.update(entry)
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        if losses:
+            metrics["train_loss"] = losses[-1]
+        metrics.update(self.throughput.metrics(args, state))
+        metrics.update(self.constants)
+        metrics["step"] = state.global_step
+        local = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if not local.is_dir():  # a rank that saved nothing still reports: Train waits for all
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as staging:
+            # Hard links: the HF checkpoint is never modified after its save, and Ray copies
+            # the folder to storage before report returns.
+            shutil.copytree(local, Path(staging) / CHECKPOINT_NAME, copy_function=_link_or_copy)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+class PrintTrainingProgress(TrainerCallback):
+    """One line per log for `lexiray train` (a tuning run prints Tune's events instead)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key in ("loss", "eval_loss", "learning_rate"):
+            if key in logs:
+                parts.append(f"{key} {logs[key]:.4g}")
+        if len(parts) > 1:
+            print("  " + "  ".join(parts), flush=True)
+
+
+class KillWorkerOnce(TrainerCallback):
+    """`--chaos`: SIGKILL this worker at a step, or inside a checkpoint save (placed before
+    `ReportToRayTrain`, so the kill strikes before Ray persists that checkpoint)."""
+
+    def __init__(self, chaos: ChaosSpec):
+        self.chaos = chaos
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.chaos.action == "kill-worker" and state.global_step == self.chaos.step:
+            fire_once(self.chaos)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.chaos.action == "kill-save" and state.global_step == self.chaos.step:
+            fire_once(self.chaos)
+
+
+def tensorboard_callback(folder: str) -> TrainerCallback:
+    """HF's TensorBoard callback with its writer pinned to `folder` (inside the experiment
+    folder, so `tensorboard --logdir` on the experiment shows every trial's curves)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=folder))

@@ -1,0 +1,373 @@
+"""The experiment folder, on local disk or at a URI: its layout, its files, finding it again.
+
+Nothing else in lexiray builds these paths. A tuning experiment (Ray Tune's layout, plus
+lexiray's files):
+
+  <storage_path>/<name>/
+    config.yaml              the experiment's resolved config (first line: max_t, grace, concurrency)
+    trial_<id>/              Ray Tune's trial folders (result.json, error.txt)
+    trials/<id>/             Ray Train's run of each trial: checkpoint_*/checkpoint/ (HF files)
+    trials/<id>/config.yaml  the trial's resolved config, written where it ran
+    finished/<id>.json       "this trial is over" (done or stopped by ASHA), written at once
+    finished/history/<id>.jsonl   every result of a trial, as it arrived (resume replays them)
+    tensorboard/<id> <sample>/    HF curves of each trial
+    leaderboard.csv  summary.json  eval_loss.png  best/
+
+A single run (`lexiray train --output DIR`) keeps its Train run in `DIR/ray/train`, its
+tokenized data in `DIR/data`, its curves in `DIR/tensorboard`, and the exported adapter in
+`DIR` itself. Worker scratch folders (the HF Trainer's local output) live in the temp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from lexiray.config import ExperimentConfig, config_from_dict, config_to_yaml, yaml_load
+from lexiray.errors import LexirayError
+
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_NAME = "checkpoint"  # the HF checkpoint's folder inside a Ray checkpoint
+DEFAULT_STORAGE = ExperimentConfig().tune.storage_path
+# Files of a HF checkpoint needed only to resume training, not to use the adapter.
+TRAINING_STATE_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "trainer_state.json", "scaler.pt"}
+
+
+# --------------------------------------------------------------------------- local or URI
+
+
+def is_uri(location: str) -> bool:
+    return "://" in location
+
+
+def join(root: str, *parts: str) -> str:
+    return "/".join([root.rstrip("/"), *parts])
+
+
+def write_text(location: str, text: str) -> None:
+    """Write a small file to a local path or a pyarrow URI (s3://, gs://, file://); a local
+    file is replaced atomically, so a reader never sees half of it."""
+    if not is_uri(location):
+        path = Path(location)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(path)
+        return
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def read_text(location: str) -> str | None:
+    """The file's text, or None when it does not exist."""
+    if not is_uri(location):
+        path = Path(location)
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+        return None
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read().decode()
+
+
+# --------------------------------------------------------------------------- a tuning experiment
+
+
+@dataclass(frozen=True)
+class ExperimentLayout:
+    """Where every file of one tuning experiment lives. `root` is an absolute local path or
+    a URI; Ray Tune's own (storage_path, name) are its parent and its last part."""
+
+    root: str
+
+    @classmethod
+    def for_new_experiment(cls, config: ExperimentConfig) -> "ExperimentLayout":
+        """A local storage path is made absolute; the default name is the preset's plus the
+        start time, so a second run never collides with the first."""
+        storage = config.tune.storage_path
+        if not is_uri(storage):
+            storage = str(Path(storage).expanduser().resolve())
+        name = config.tune.name or f"{config.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        return cls(join(storage, name))
+
+    @property
+    def storage_path(self) -> str:
+        return self.root.rstrip("/").rsplit("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.root.rstrip("/").rsplit("/", 1)[1]
+
+    @property
+    def is_local(self) -> bool:
+        return not is_uri(self.root)
+
+    def local(self, *parts: str) -> Path:
+        """A path inside a local experiment; URI experiments have no local files."""
+        if not self.is_local:
+            raise LexirayError(f"{self.root} is at a URI: this needs a local copy of the experiment")
+        return Path(self.root, *parts)
+
+    def exists(self) -> bool:
+        return read_text(self.config_file) is not None if not self.is_local else Path(self.root).exists()
+
+    @property
+    def config_file(self) -> str:
+        return join(self.root, CONFIG_FILE)
+
+    @property
+    def trials_storage(self) -> str:
+        """Ray Train's storage_path for the trials' runs; each run is named by its trial id."""
+        return join(self.root, "trials")
+
+    def trial_config_file(self, trial_id: str) -> str:
+        return join(self.trials_storage, trial_id, CONFIG_FILE)
+
+    @property
+    def tensorboard_dir(self) -> str | None:
+        """HF's TensorBoard writer needs a local folder (None at a URI)."""
+        return str(self.local("tensorboard")) if self.is_local else None
+
+    def trial_tensorboard_dir(self, trial_id: str, label: str) -> str | None:
+        return None if self.tensorboard_dir is None else str(Path(self.tensorboard_dir) / f"{trial_id} {label}")
+
+    @property
+    def finished_dir(self) -> Path | None:
+        """Finished-trial records; they need appends and atomic renames, so local only."""
+        return self.local("finished") if self.is_local else None
+
+    @property
+    def chaos_folder(self) -> Path | None:
+        return self.local() if self.is_local else None
+
+    @property
+    def leaderboard_file(self) -> Path:
+        return self.local("leaderboard.csv")
+
+    @property
+    def summary_file(self) -> Path:
+        return self.local("summary.json")
+
+    def plot_file(self, metric: str) -> Path:
+        return self.local(f"{metric}.png")
+
+    @property
+    def best_dir(self) -> Path:
+        return self.local("best")
+
+
+def find_experiment(path_or_name: str) -> ExperimentLayout:
+    """An experiment by its folder, its URI, or its name under the default storage path."""
+    if is_uri(path_or_name):
+        layout = ExperimentLayout(path_or_name.rstrip("/"))
+        if read_text(layout.config_file) is None:
+            raise LexirayError(f"{path_or_name}: not a lexiray experiment (no {CONFIG_FILE})")
+        return layout
+    for candidate in (Path(path_or_name).expanduser(), Path(DEFAULT_STORAGE).resolve() / path_or_name):
+        if (candidate / CONFIG_FILE).is_file():
+            return ExperimentLayout(str(candidate.resolve()))
+    raise LexirayError(f"{path_or_name}: not a lexiray experiment folder (no {CONFIG_FILE})")
+
+
+def write_experiment_config(layout: ExperimentLayout, config: ExperimentConfig, max_t: int, grace: int,
+                            concurrency: int) -> None:
+    header = f"# resolved by lexiray: max_t={max_t} grace_period={grace} max_concurrent_trials={concurrency}\n"
+    write_text(layout.config_file, header + config_to_yaml(config))
+
+
+def read_config(location: str) -> ExperimentConfig | None:
+    text = read_text(location)
+    return None if text is None else config_from_dict(yaml_load(text) or {}, location)
+
+
+def read_experiment_config(layout: ExperimentLayout) -> ExperimentConfig:
+    config = read_config(layout.config_file)
+    if config is None:
+        raise LexirayError(f"{layout.root}: not a lexiray experiment (no {CONFIG_FILE})")
+    return config
+
+
+def write_trial_config(layout: ExperimentLayout, trial_id: str, config: ExperimentConfig) -> None:
+    """The trial's resolved config, saved where it ran: the report reads it back instead of
+    re-deriving it from the sample."""
+    write_text(layout.trial_config_file(trial_id), config_to_yaml(config))
+
+
+def read_trial_config(layout: ExperimentLayout, trial_id: str) -> ExperimentConfig | None:
+    return read_config(layout.trial_config_file(trial_id))
+
+
+# --------------------------------------------------------------------------- finished-trial records
+# Tune persists its experiment state only every so often, and drops an unfinished trial's
+# results when an experiment is restored: resume relies on these records instead.
+
+# Filled in by Tune for every result; a replayed result must not carry the old ones.
+TUNE_AUTO_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
+                  "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "experiment_tag",
+                  "should_checkpoint", "replayed"}
+
+
+def _plain(result: dict, drop: set[str] = frozenset()) -> dict:
+    return {k: v for k, v in result.items()
+            if k not in drop and (isinstance(v, (int, float, str, bool)) or v is None)}
+
+
+def mark_finished(layout: ExperimentLayout, trial_id: str, last_result: dict) -> None:
+    """Record at once that a trial is over (done or stopped by ASHA), so a driver killed
+    before Tune's next state save does not run it again on resume."""
+    if layout.finished_dir is not None:
+        write_text(str(layout.finished_dir / f"{trial_id}.json"), json.dumps(_plain(last_result)))
+
+
+def is_finished(layout: ExperimentLayout, trial_id: str) -> bool:
+    return layout.finished_dir is not None and (layout.finished_dir / f"{trial_id}.json").is_file()
+
+
+def finished_trial_ids(layout: ExperimentLayout) -> set[str]:
+    folder = layout.finished_dir
+    return {path.stem for path in folder.glob("*.json")} if folder is not None and folder.is_dir() else set()
+
+
+def append_history(layout: ExperimentLayout, trial_id: str, result: dict) -> None:
+    if layout.finished_dir is None:
+        return
+    folder = layout.finished_dir / "history"
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{trial_id}.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(_plain(result, TUNE_AUTO_KEYS)) + "\n")
+
+
+def read_history(layout: ExperimentLayout, trial_id: str) -> list[dict]:
+    if layout.finished_dir is None:
+        return []
+    path = layout.finished_dir / "history" / f"{trial_id}.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------- a single run
+
+
+@dataclass(frozen=True)
+class TrainRunLayout:
+    """`lexiray train --output DIR`: the adapter is exported into DIR itself."""
+
+    output: Path
+
+    @property
+    def ray_storage(self) -> str:
+        return str(self.output / "ray")
+
+    run_name = "train"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output / "ray" / self.run_name
+
+    @property
+    def data_dir(self) -> Path:
+        return self.output / "data"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.output / "tensorboard"
+
+    @property
+    def config_file(self) -> Path:
+        return self.output / CONFIG_FILE
+
+
+def write_config(path: Path, config: ExperimentConfig) -> None:
+    write_text(str(path), config_to_yaml(config))
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def read_log_history(checkpoint_dir: str | Path) -> list[dict]:
+    """The HF log history saved with a checkpoint (includes the step-0 evaluation)."""
+    state = Path(checkpoint_dir) / "trainer_state.json"
+    if not state.is_file():
+        return []
+    return json.loads(state.read_text()).get("log_history", [])
+
+
+def export_adapter(checkpoint, destination: Path, config: ExperimentConfig, final_metrics: dict,
+                   best_metrics: dict, latest_checkpoint=None) -> dict:
+    """Copy a Ray checkpoint's adapter + tokenizer into `destination` (loadable with
+    `PeftModel.from_pretrained`), with the resolved config and metrics.json beside them."""
+    destination.mkdir(parents=True, exist_ok=True)
+    with checkpoint.as_directory() as restored:
+        source = Path(restored) / CHECKPOINT_NAME
+        for item in source.iterdir():
+            if item.name in TRAINING_STATE_FILES or item.name.startswith("rng_state"):
+                continue
+            target = destination / item.name
+            if item.is_dir():
+                shutil.copytree(item, target, dirs_exist_ok=True)
+            else:
+                shutil.copy2(item, target)
+        history = read_log_history(source)
+    if latest_checkpoint is not None and latest_checkpoint.path != checkpoint.path:
+        with latest_checkpoint.as_directory() as restored:  # the longest history
+            history = read_log_history(Path(restored) / CHECKPOINT_NAME) or history
+    write_config(destination / CONFIG_FILE, config)
+    evals = [entry for entry in history if "eval_loss" in entry]
+    best, final = _plain(best_metrics), _plain(final_metrics)
+    summary = {
+        "best": best,
+        "final": final,
+        "eval_loss_at_start": evals[0]["eval_loss"] if evals and evals[0].get("step") == 0 else None,
+        "eval_loss_best": best.get("eval_loss"),
+        "eval_loss_final": final.get("eval_loss"),
+        "history": history,
+        "checkpoint": checkpoint.path,
+    }
+    write_text(str(destination / "metrics.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+# --------------------------------------------------------------------------- worker scratch folders
+
+SCRATCH_PREFIX = "lexiray-trial-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_scratch_dirs(parent: str | None = None) -> None:
+    """Remove the scratch folders of trial workers that no longer exist (on this machine).
+
+    ASHA stops a trial by killing its worker, so no `finally` of that worker runs, and each
+    leftover holds its last checkpoints (tens of MB on a real model)."""
+    for entry in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+        pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def make_scratch_dir(parent: str | None = None) -> str:
+    """The HF Trainer's local output folder for this worker (Ray persists the checkpoints),
+    named after the worker's pid so that `sweep_scratch_dirs` can tell when it is orphaned."""
+    parent = parent or tempfile.gettempdir()
+    sweep_scratch_dirs(parent)
+    return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=parent)
