@@ -1,7 +1,14 @@
-"""Shared fixtures: run the real `lexiray` command, and leave no Ray process behind."""
+"""Shared fixtures: run the real `lexiray` command, and leave no Ray process behind.
+
+Which Ray processes are "ours": this pytest process makes itself a child subreaper
+(prctl PR_SET_CHILD_SUBREAPER), so every process a test starts stays its descendant even
+after the parent that spawned it (a `lexiray` run, a raylet) exits. A Ray process is ours
+when it descends from this pytest process; nothing else on the machine is ever touched.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,7 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 LEXIRAY = [sys.executable, "-m", "lexiray"]
 RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "dashboard.py", "default_worker.py", "ray.dashboard",
-                       "runtime_env/agent", "log_monitor.py", "monitor.py --logs-dir")
+                       "runtime_env/agent", "log_monitor.py", "monitor.py --logs-dir", "ray/_private/")
+PR_SET_CHILD_SUBREAPER = 36
+SHUTDOWN_GRACE_S = 20  # a driver's own Ray shutdown takes a few seconds
 
 
 def cli_env() -> dict:
@@ -33,48 +42,95 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = Fals
     return result
 
 
-# Ray processes that were running before this test session (another user's cluster, another
-# session): never waited for or killed here.
-_PREEXISTING: set[int] = set()
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state
+
+
+def _descends_from_us(pid: int) -> bool:
+    me, seen = os.getpid(), set()
+    while pid and pid not in seen:
+        seen.add(pid)
+        parent = _parent_pid(pid)
+        if parent == me:
+            return True
+        pid = parent
+    return False
 
 
 def ray_processes() -> list[int]:
-    """PIDs of Ray's own processes on this machine started since this session began."""
+    """PIDs of the Ray processes that this test session started (its descendants)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if any(marker in command for marker in RAY_PROCESS_MARKERS) and int(entry.name) not in _PREEXISTING:
+        if state == "Z":  # exited, waiting to be reaped by us: not running
+            continue
+        if any(marker in command for marker in RAY_PROCESS_MARKERS) and _descends_from_us(int(entry.name)):
             pids.append(int(entry.name))
     return pids
 
 
+def _reap_children() -> None:
+    """As subreaper we inherit orphans: collect the exited ones so they leave /proc."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
 def kill_ray_processes() -> list[int]:
+    """SIGKILL our Ray processes, by pid (a test that kills a driver on purpose uses this)."""
     pids = ray_processes()
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    time.sleep(0.5)
+    _reap_children()
     return pids
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:120]
+    except OSError:
+        return "?"
 
 
 @pytest.fixture
 def no_ray_leftovers():
-    """Tests that start Ray end with none of its processes alive, also on failure."""
+    """A test that starts Ray ends with none of its Ray processes alive: they get a grace
+    period to exit on their own, then are killed, and the test fails naming them."""
     yield
-    deadline = time.time() + 20  # a driver's own shutdown takes a few seconds
-    while ray_processes() and time.time() < deadline:
+    deadline = time.time() + SHUTDOWN_GRACE_S
+    while time.time() < deadline:
+        _reap_children()
+        if not ray_processes():
+            return
         time.sleep(0.5)
+    leftovers = {pid: _command_line(pid) for pid in ray_processes()}
     kill_ray_processes()
+    if leftovers:
+        pytest.fail(f"{len(leftovers)} Ray processes outlived the test by {SHUTDOWN_GRACE_S} s: {leftovers}")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _final_ray_cleanup():
-    _PREEXISTING.update(ray_processes())
+def _adopt_orphans_and_clean_up_at_the_end():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
     yield
     kill_ray_processes()

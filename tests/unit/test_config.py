@@ -165,11 +165,16 @@ def test_max_steps_zero_rejected():
     assert "training.max_steps" in message
 
 
-def test_not_valid_yaml_reports_line(tmp_path):
+@pytest.mark.parametrize("text, line", [
+    ("lora:\n  r: 4\n  alpha: [8\n", 4),           # the flow list never closes: found at the end
+    ("name: x\nlora:\n  r: 4\n   alpha: 8\n", 4),  # a stray indent on line 4
+    ("a: 1\nb: : 2\n", 2),
+])
+def test_not_valid_yaml_reports_line(tmp_path, text, line):
     path = tmp_path / "broken.yaml"
-    path.write_text("lora:\n  r: 4\n  alpha: [8\n")
+    path.write_text(text)
     message = _config_error(load_config, path)
-    assert str(path) in message
+    assert message.startswith(f"{path}:{line}: not valid YAML"), message
 
 
 # --------------------------------------------------------------------------- CLI

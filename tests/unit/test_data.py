@@ -312,6 +312,26 @@ def test_stratified_split_keeps_every_task(tmp_path, tokenizer):
     assert not train_ids & eval_ids
 
 
+def test_eval_path_is_the_eval_set_and_all_of_path_trains(tmp_path, tokenizer):
+    rows, counts = _task_rows()
+    train_path = write_jsonl(tmp_path / "train.jsonl", rows)
+    held_out = [{"task": "grammar", "input": f"held out {i}", "output": f"Held out {i}."} for i in range(3)]
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", held_out)
+    prepared = prepare_data(DataSettings(path=str(train_path), eval_path=str(eval_path), eval_fraction=0.5), tokenizer)
+    assert len(prepared.train) == sum(counts.values())  # no row of data.path goes to eval
+    assert len(prepared.eval) == 3 and set(prepared.eval["task"]) == {"grammar"}
+    decoded = [tokenizer.decode(ids) for ids in prepared.eval["input_ids"]]
+    assert all(f"held out {i}" in text for i, text in enumerate(decoded))
+
+
+def test_eval_path_with_bad_rows_names_that_file(tmp_path, tokenizer):
+    rows, _ = _task_rows()
+    train_path = write_jsonl(tmp_path / "train.jsonl", rows)
+    eval_path = write_jsonl(tmp_path / "eval.jsonl", [{"task": "grammar", "input": "x"}] * 2)
+    with pytest.raises(DataError, match=r"data.eval_path .*eval.jsonl: 2 of 2 rows unusable"):
+        prepare_data(DataSettings(path=str(train_path), eval_path=str(eval_path)), tokenizer)
+
+
 def test_split_reproducible_for_a_seed(tmp_path, tokenizer):
     rows, _ = _task_rows()
     path = write_jsonl(tmp_path / "tasks.jsonl", rows)

@@ -61,3 +61,17 @@ def test_time_budget(text, seconds):
 def test_bad_time_budget(text):
     with pytest.raises(ConfigError, match="time-budget"):
         parse_duration(text)
+
+
+def test_time_budget_flows_from_the_cli_option_into_tune():
+    from lexiray.cli import tune_overrides
+    from lexiray.tune import tune_config
+
+    overrides = tune_overrides(["lora.r=4"], num_samples=3, time_budget="1h30m", name="budgeted")
+    config = load_config("smoke", overrides)
+    assert config.tune.time_budget_s == 5400 and config.tune.num_samples == 3 and config.tune.name == "budgeted"
+    built = tune_config(config, max_t=36, grace=6, concurrency=2)
+    assert built.time_budget_s == 5400 and built.num_samples == 3
+    assert tune_config(load_config("smoke"), 36, 6, 2).time_budget_s is None
+    with pytest.raises(ConfigError, match="time-budget"):
+        tune_overrides(None, time_budget="soon")
