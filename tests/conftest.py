@@ -9,6 +9,7 @@ when it descends from this pytest process; nothing else on the machine is ever t
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -134,3 +135,27 @@ def _adopt_orphans_and_clean_up_at_the_end():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
     yield
     kill_ray_processes()
+
+
+def evaluate_adapter(adapter_dir: Path, config_path: Path) -> float:
+    """eval_loss of an exported adapter on its experiment's eval split, recomputed from
+    scratch with the same HF Trainer builder the workers use."""
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lexiray.config import config_from_dict, read_yaml
+    from lexiray.data import prepare_data
+    from lexiray.hf_trainer import build_hf_trainer
+    from lexiray.model import load_tokenizer
+
+    config = config_from_dict(read_yaml(config_path))
+    tokenizer = load_tokenizer(config.model)
+    prepared = prepare_data(config.data, tokenizer)
+    base_name = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_name), str(adapter_dir))
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, scratch, "fp32",
+                                   cuda=False)
+        return trainer.evaluate()["eval_loss"]

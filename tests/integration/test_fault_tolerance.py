@@ -182,3 +182,56 @@ def test_worker_killed_inside_a_tune_trial_resumes_and_asha_keeps_its_results(tm
     with (root / "leaderboard.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(row["status"] == "DONE" for row in rows), rows
+
+
+def _leaderboard(root: Path) -> dict[str, dict]:
+    with (root / "leaderboard.csv").open() as handle:
+        return {row["trial_id"]: row for row in csv.DictReader(handle)}
+
+
+def test_asha_stops_a_trial_after_its_worker_was_killed_and_keeps_its_rung(tmp_path, no_ray_leftovers):
+    """One trial at a time: a good learning rate first, which records ASHA's rung at step 12;
+    then a learning rate far too small, whose worker is killed at step 9. It resumes from
+    its step-6 checkpoint, reaches the rung at step 12, and ASHA stops it there."""
+    root = tmp_path / "results" / "asha-kill"
+    result = run_cli(["tune", "--num-samples", "1", "--max-concurrent", "1", "--storage-path",
+                      str(tmp_path / "results"), "--name", "asha-kill",
+                      "--set", "search.training.learning_rate={grid: [5.0e-3, 1.0e-6]}",
+                      "--set", "search.lora.r={choice: [8]}", "--set", "data.max_rows=200",
+                      "--set", "training.max_steps=24", "--set", "training.save_steps=6",
+                      "--set", "training.eval_steps=6",
+                      # one rung, at step 12 (12 x 3 > 24): the only decision ASHA makes
+                      "--set", "tune.grace_period=12", "--set", "tune.reduction_factor=3",
+                      "--chaos", "kill-worker@step=9,trial=1"], cwd=tmp_path, check=True)
+    assert _fired(root) == {"action": "kill-worker", "step": 9}
+    assert "failed (failure 1): restarting it from its last checkpoint" in result.stdout
+    good, bad = sorted(p.name.removeprefix("trial_") for p in root.glob("trial_*"))
+    bad_reports = _reports(root / f"trial_{bad}")
+    assert [report["step"] for report in bad_reports] == [6, 12]  # its rung result survived the kill
+    assert bad_reports[-1]["resumed_from_step"] == 6
+    good_reports = _reports(root / f"trial_{good}")
+    assert bad_reports[-1]["eval_loss"] > good_reports[1]["eval_loss"]  # worse at the rung: why it stops
+    rows = _leaderboard(root)
+    assert rows[good]["status"] == "DONE" and int(rows[good]["steps"]) == 24
+    assert rows[bad]["status"] == "STOPPED" and int(rows[bad]["steps"]) == 12
+    assert f"{bad} stopped by ASHA at step 12/24" in result.stdout
+
+
+def test_resume_retry_errored_reruns_an_errored_trial_from_its_checkpoint(tmp_path, no_ray_leftovers):
+    root = tmp_path / "results" / "errored"
+    run_cli(["tune", "--num-samples", "1", "--storage-path", str(tmp_path / "results"), "--name", "errored",
+             "--set", "search.training.learning_rate={grid: [5.0e-3, 4.0e-3]}", "--set", "search.lora.r={choice: [8]}",
+             "--set", "tune.scheduler=fifo", "--set", "tune.max_failures=0", "--set", "data.max_rows=200",
+             *SHORT, "--chaos", "kill-worker@step=9"], cwd=tmp_path, check=True)
+    rows = _leaderboard(root)
+    errored = [trial for trial, row in rows.items() if row["status"] == "ERROR"]
+    assert len(errored) == 1 and errored[0].endswith("_00000"), rows
+    assert [row["status"] for trial, row in rows.items() if trial not in errored] == ["DONE"]
+
+    plain = run_cli(["resume", str(root)], cwd=tmp_path, check=True)  # without the flag: left as it is
+    assert _leaderboard(root)[errored[0]]["status"] == "ERROR", plain.stdout
+    run_cli(["resume", str(root), "--retry-errored"], cwd=tmp_path, check=True)
+    rows = _leaderboard(root)
+    assert all(row["status"] == "DONE" for row in rows.values()), rows
+    reports = _reports(root / f"trial_{errored[0]}")
+    assert reports[-1]["step"] == 18 and reports[-1]["resumed_from_step"] == 6

@@ -6,8 +6,9 @@ import csv
 import json
 
 import pytest
+import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import evaluate_adapter, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -21,28 +22,6 @@ FAST_TUNE = [
     "--set", "search.training.learning_rate={grid: [6.0e-3, 1.0e-6, 5.0e-3, 1.0e-6, 1.0e-6, 4.0e-3]}",
     "--set", "search.lora.r={choice: [4, 8]}",
 ]
-
-
-def _evaluate_adapter(best_dir, config_path):
-    """eval_loss of the exported adapter on the experiment's eval split, recomputed."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
-
-    from lexiray.config import config_from_dict, read_yaml
-    from lexiray.data import PadCollator, prepare_data
-    from lexiray.model import load_tokenizer
-
-    config = config_from_dict(read_yaml(config_path))
-    tokenizer = load_tokenizer(config.model)
-    prepared = prepare_data(config.data, tokenizer)
-    adapter_config = json.loads((best_dir / "adapter_config.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
-    model = PeftModel.from_pretrained(base, str(best_dir))
-    args = TrainingArguments(output_dir=str(best_dir / "eval"), per_device_eval_batch_size=config.training.per_device_eval_batch_size,
-                             report_to=[], use_cpu=True, remove_unused_columns=False)
-    trainer = Trainer(model=model, args=args, data_collator=PadCollator(tokenizer.pad_token_id),
-                      eval_dataset=prepared.eval.select_columns(["input_ids", "labels"]))
-    return trainer.evaluate()["eval_loss"]
 
 
 def test_tune_with_asha(tmp_path, no_ray_leftovers):
@@ -71,10 +50,29 @@ def test_tune_with_asha(tmp_path, no_ray_leftovers):
     best_metrics = json.loads((best_dir / "metrics.json").read_text())
     assert best_metrics["eval_loss_best"] == pytest.approx(losses[0])
     # the exported adapter really is the checkpoint that scored the leaderboard's first row
-    assert _evaluate_adapter(best_dir, root / "config.yaml") == pytest.approx(losses[0], rel=1e-4)
+    assert evaluate_adapter(best_dir, root / "config.yaml") == pytest.approx(losses[0], rel=1e-4)
     # every trial wrote its HF curves into the experiment folder, one TensorBoard run each
     runs = [p for p in (root / "tensorboard").iterdir() if p.is_dir()]
     assert len(runs) == 6 and all(list(run.glob("events.out.tfevents.*")) for run in runs)
+    # each trial saved its resolved config where it ran; the leaderboard's settings are those
+    for row in rows:
+        saved = yaml.safe_load((root / "trials" / row["trial_id"] / "config.yaml").read_text())
+        assert saved["training"]["learning_rate"] == pytest.approx(float(row["learning_rate"]))
+        assert saved["lora"]["r"] == int(row["lora_r"]) and saved["lora"]["alpha"] == 2 * int(row["lora_r"])
+
+    # `export --trial`: another trial's best checkpoint, not the leaderboard's first
+    other = rows[-1]
+    exported = tmp_path / "other-adapter"
+    result = run_cli(["export", str(root), "--trial", other["trial_id"], "-o", str(exported)], cwd=tmp_path,
+                     check=True)
+    assert str(exported) in result.stdout
+    other_metrics = json.loads((exported / "metrics.json").read_text())
+    assert other_metrics["eval_loss_best"] == pytest.approx(float(other["eval_loss"]))
+    assert json.loads((exported / "adapter_config.json").read_text())["r"] == int(other["lora_r"])
+    assert evaluate_adapter(exported, root / "config.yaml") == pytest.approx(float(other["eval_loss"]), rel=1e-4)
+    missing = run_cli(["export", str(root), "--trial", "no_such_trial"], cwd=tmp_path)
+    assert missing.returncode == 2 and "no trial 'no_such_trial'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 def test_tune_gpu_request_without_gpu_fails_fast(tmp_path, no_ray_leftovers):
