@@ -25,7 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
 from lexiray.data import PadCollator
-from lexiray.storage import CHECKPOINT_NAME
+from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
 
@@ -239,10 +239,33 @@ class KillWorkerOnce(TrainerCallback):
             fire_once(self.chaos)
 
 
-def tensorboard_callback(folder: str) -> TrainerCallback:
-    """HF's TensorBoard callback with its writer pinned to `folder` (inside the experiment
-    folder, so `tensorboard --logdir` on the experiment shows every trial's curves)."""
+def tensorboard_callbacks(target: str, scratch: str) -> list[TrainerCallback]:
+    """HF's TensorBoard callback writing the trial's curves into the experiment folder, so
+    `tensorboard --logdir` on the experiment shows every trial. The writer needs a local
+    folder: for an experiment at a URI it writes under `scratch` and `UploadTensorBoard`
+    copies the files to the URI at every checkpoint and at the end."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=folder))
+    if not is_uri(target):
+        return [TensorBoardCallback(tb_writer=SummaryWriter(log_dir=target))]
+    local = os.path.join(scratch, "tensorboard")
+    writer = SummaryWriter(log_dir=local)
+    return [TensorBoardCallback(tb_writer=writer), UploadTensorBoard(writer, local, target)]
+
+
+class UploadTensorBoard(TrainerCallback):
+    """Mirrors a local TensorBoard folder to the experiment's URI (see tensorboard_callbacks)."""
+
+    def __init__(self, writer, local: str, target: str):
+        self.writer, self.local, self.target = writer, local, target
+
+    def _upload(self):
+        self.writer.flush()
+        upload_folder(Path(self.local), self.target)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._upload()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._upload()

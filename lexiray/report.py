@@ -7,6 +7,7 @@ where it ran) through `lexiray.storage`; never re-runs or re-derives anything.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -106,18 +107,18 @@ def leaderboard_rows(records: list[TrialRecord], metric: str = "eval_loss", mode
     return rows
 
 
-def write_leaderboard(rows: list[dict], path: Path, metric: str) -> Path:
+def leaderboard_csv(rows: list[dict], metric: str) -> str:
     columns = list(LEADERBOARD_COLUMNS)
     if metric not in columns:
         columns.insert(columns.index("status") + 1, metric)
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
-def plot_curves(rows: list[dict], path: Path, title: str, metric: str = "eval_loss") -> Path | None:
+def plot_curves(rows: list[dict], location: str, title: str, metric: str = "eval_loss") -> str | None:
     try:
         import matplotlib
 
@@ -135,17 +136,20 @@ def plot_curves(rows: list[dict], path: Path, title: str, metric: str = "eval_lo
     axis.set_title(f"{title}: {metric} per trial")
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
     plt.close(figure)
-    return path
+    storage.write_bytes(location, image.getvalue())
+    return location
 
 
 def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s: float | None = None) -> dict:
-    """leaderboard.csv, summary.json and the metric's plot of a local experiment folder."""
+    """leaderboard.csv, summary.json and the metric's plot, written into the experiment
+    (a local folder or a URI)."""
     config = storage.read_experiment_config(layout)
     metric, mode = config.tune.metric, config.tune.mode
     rows = leaderboard_rows(collect_trials(layout), metric, mode, max_t)
-    write_leaderboard(rows, layout.leaderboard_file, metric)
+    storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
     summary = {
         "experiment": layout.root,
         "metric": metric,
@@ -161,13 +165,14 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
     }
     if config.report.plots:
         plot = plot_curves(rows, layout.plot_file(metric), layout.name, metric)
-        summary["plot"] = str(plot) if plot else None
-    layout.summary_file.write_text(json.dumps(summary, indent=2, default=str))
+        summary["plot"] = plot
+    storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
     return summary
 
 
-def read_summary(layout: ExperimentLayout) -> dict:
-    return json.loads(layout.summary_file.read_text())
+def read_summary(layout: ExperimentLayout) -> dict | None:
+    text = storage.read_text(layout.summary_file)
+    return None if text is None else json.loads(text)
 
 
 def print_leaderboard(summary: dict, console, top: int = 20) -> None:
@@ -193,11 +198,10 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
     console.print(table)
 
 
-def export_trial(layout: ExperimentLayout, destination: Path | None = None, trial_id: str | None = None) -> Path:
-    """Export a trial's best checkpoint (default: the leaderboard's first) to `best/`."""
-    from ray.train import Checkpoint
-
-    summary = read_summary(layout) if layout.summary_file.is_file() else build_report(layout)
+def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None) -> str:
+    """Export a trial's best checkpoint (default: the leaderboard's first) to `destination`
+    (default: the experiment's `best/`, beside the leaderboard, local or at the URI)."""
+    summary = read_summary(layout) or build_report(layout)
     rows = summary["leaderboard"]
     row = next((r for r in rows if r["trial_id"] == trial_id), None) if trial_id else (rows[0] if rows else None)
     if row is None:
@@ -209,9 +213,9 @@ def export_trial(layout: ExperimentLayout, destination: Path | None = None, tria
     config = storage.read_trial_config(layout, row["trial_id"])
     if config is None:
         raise LexirayError(f"{layout.root}: trial {row['trial_id']} has no saved config")
-    destination = destination or layout.best_dir
+    destination = str(destination or layout.best_dir)
     metric = summary["metric"]
-    storage.export_adapter(Checkpoint(row["best_checkpoint"]), destination, config,
+    storage.export_adapter(layout.checkpoint(row["best_checkpoint"]), destination, config,
                            final_metrics={k: v for k, v in row.items() if k != "sample"},
                            best_metrics={metric: row.get(metric), "eval_loss": row["eval_loss"],
                                          "trial_id": row["trial_id"]})
@@ -221,9 +225,6 @@ def export_trial(layout: ExperimentLayout, destination: Path | None = None, tria
 def finish_experiment(run: TuningRun, console) -> dict:
     """After `Tuner.fit`: leaderboard, summary, plot, best adapter export, closing lines."""
     layout, config = run.layout, run.config
-    if not layout.is_local:
-        console.print(f"results are in {layout.root} (run `lexiray report` on a local copy for the leaderboard)")
-        return {}
     summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s)
     print_leaderboard(summary, console, top=config.report.top)
     best = summary.get("best")
@@ -232,8 +233,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
     if best and best.get("best_checkpoint"):
         destination = export_trial(layout)
-        summary["best_adapter"] = str(destination)
-        layout.summary_file.write_text(json.dumps(summary, indent=2, default=str))
+        summary["best_adapter"] = destination
+        storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
         console.print(f"best trial {best['trial_id']}: {summary['metric']} {best[summary['metric']]:.4f} "
                       f"(lr {best['learning_rate']:.2e}, r {best['lora_r']}, alpha {best['lora_alpha']}, "
                       f"batch {best['batch_size']}×{best['grad_accum']})")

@@ -13,6 +13,10 @@ lexiray's files):
     tensorboard/<id> <sample>/    HF curves of each trial
     leaderboard.csv  summary.json  eval_loss.png  best/
 
+The same layout at a URI (s3://, gs://, file://) on a cluster: every file above is written
+and read through pyarrow, so a remote experiment resumes, reports and exports like a local
+one. Only the `--chaos` marker (a testing aid) needs a local experiment.
+
 A single run (`lexiray train --output DIR`) keeps its Train run in `DIR/ray/train`, its
 tokenized data in `DIR/data`, its curves in `DIR/tensorboard`, and the exported adapter in
 `DIR` itself. Worker scratch folders (the HF Trainer's local output) live in the temp dir.
@@ -39,6 +43,8 @@ TRAINING_STATE_FILES = {"optimizer.pt", "scheduler.pt", "training_args.bin", "tr
 
 
 # --------------------------------------------------------------------------- local or URI
+# Every location is a string: an absolute local path, or a URI that pyarrow reads (s3://,
+# gs://, file://; an S3-compatible endpoint comes from AWS_ENDPOINT_URL, as in Ray).
 
 
 def is_uri(location: str) -> bool:
@@ -49,22 +55,37 @@ def join(root: str, *parts: str) -> str:
     return "/".join([root.rstrip("/"), *parts])
 
 
-def write_text(location: str, text: str) -> None:
-    """Write a small file to a local path or a pyarrow URI (s3://, gs://, file://); a local
-    file is replaced atomically, so a reader never sees half of it."""
+def filesystem(location: str):
+    """(pyarrow filesystem, path inside it) of a URI. The path part is percent-encoded first:
+    lexiray's folder names hold spaces and '=' (TensorBoard runs named by their settings),
+    which pyarrow's URI parser refuses; it decodes them again. A query (?region=...) is kept."""
+    from urllib.parse import quote
+
+    import pyarrow.fs
+
+    scheme, rest = location.split("://", 1)
+    path, separator, query = rest.partition("?")
+    return pyarrow.fs.FileSystem.from_uri(f"{scheme}://{quote(path, safe='/:@%')}{separator}{query}")
+
+
+def write_bytes(location: str, data: bytes) -> None:
+    """Write a small file; a local file is replaced atomically, so a reader never sees
+    half of it (an object store's put is atomic by itself)."""
     if not is_uri(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(text, encoding="utf-8")
+        temporary.write_bytes(data)
         temporary.replace(path)
         return
-    import pyarrow.fs
+    fs, path = filesystem(location)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as stream:
+        stream.write(data)
 
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(path) as stream:
-        stream.write(text.encode())
+
+def write_text(location: str, text: str) -> None:
+    write_bytes(location, text.encode("utf-8"))
 
 
 def read_text(location: str) -> str | None:
@@ -74,11 +95,44 @@ def read_text(location: str) -> str | None:
         return path.read_text(encoding="utf-8") if path.is_file() else None
     import pyarrow.fs
 
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
-    if filesystem.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
-    with filesystem.open_input_stream(path) as stream:
-        return stream.read().decode()
+    with fs.open_input_stream(path) as stream:
+        return stream.read().decode("utf-8")
+
+
+def exists(location: str) -> bool:
+    if not is_uri(location):
+        return Path(location).exists()
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def list_file_names(folder: str) -> list[str]:
+    """Names of the files directly inside a folder (none when it does not exist)."""
+    if not is_uri(folder):
+        path = Path(folder)
+        return sorted(p.name for p in path.iterdir() if p.is_file()) if path.is_dir() else []
+    import pyarrow.fs
+
+    fs, path = filesystem(folder)
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
+
+
+def upload_folder(local: Path, location: str) -> None:
+    """Copy a local folder's files to a location (a URI, or another local folder)."""
+    if not is_uri(location):
+        shutil.copytree(local, location, dirs_exist_ok=True)
+        return
+    import pyarrow.fs
+
+    fs, path = filesystem(location)
+    fs.create_dir(path, recursive=True)
+    pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
 
 
 # --------------------------------------------------------------------------- a tuning experiment
@@ -113,58 +167,66 @@ class ExperimentLayout:
     def is_local(self) -> bool:
         return not is_uri(self.root)
 
-    def local(self, *parts: str) -> Path:
-        """A path inside a local experiment; URI experiments have no local files."""
-        if not self.is_local:
-            raise LexirayError(f"{self.root} is at a URI: this needs a local copy of the experiment")
-        return Path(self.root, *parts)
-
     def exists(self) -> bool:
-        return read_text(self.config_file) is not None if not self.is_local else Path(self.root).exists()
+        return exists(self.root) if self.is_local else exists(self.config_file)
+
+    def path(self, *parts: str) -> str:
+        return join(self.root, *parts)
 
     @property
     def config_file(self) -> str:
-        return join(self.root, CONFIG_FILE)
+        return self.path(CONFIG_FILE)
 
     @property
     def trials_storage(self) -> str:
         """Ray Train's storage_path for the trials' runs; each run is named by its trial id."""
-        return join(self.root, "trials")
+        return self.path("trials")
 
     def trial_config_file(self, trial_id: str) -> str:
-        return join(self.trials_storage, trial_id, CONFIG_FILE)
+        return self.path("trials", trial_id, CONFIG_FILE)
 
     @property
-    def tensorboard_dir(self) -> str | None:
-        """HF's TensorBoard writer needs a local folder (None at a URI)."""
-        return str(self.local("tensorboard")) if self.is_local else None
+    def tensorboard_dir(self) -> str:
+        return self.path("tensorboard")
 
-    def trial_tensorboard_dir(self, trial_id: str, label: str) -> str | None:
-        return None if self.tensorboard_dir is None else str(Path(self.tensorboard_dir) / f"{trial_id} {label}")
+    def trial_tensorboard_dir(self, trial_id: str, label: str) -> str:
+        return self.path("tensorboard", f"{trial_id} {label}")
 
     @property
-    def finished_dir(self) -> Path | None:
-        """Finished-trial records; they need appends and atomic renames, so local only."""
-        return self.local("finished") if self.is_local else None
+    def finished_dir(self) -> str:
+        return self.path("finished")
+
+    def finished_file(self, trial_id: str) -> str:
+        return self.path("finished", f"{trial_id}.json")
+
+    def history_file(self, trial_id: str) -> str:
+        return self.path("finished", "history", f"{trial_id}.jsonl")
 
     @property
     def chaos_folder(self) -> Path | None:
-        return self.local() if self.is_local else None
+        """The `--chaos` marker needs an atomic create-if-absent: local experiments only."""
+        return Path(self.root) if self.is_local else None
 
     @property
-    def leaderboard_file(self) -> Path:
-        return self.local("leaderboard.csv")
+    def leaderboard_file(self) -> str:
+        return self.path("leaderboard.csv")
 
     @property
-    def summary_file(self) -> Path:
-        return self.local("summary.json")
+    def summary_file(self) -> str:
+        return self.path("summary.json")
 
-    def plot_file(self, metric: str) -> Path:
-        return self.local(f"{metric}.png")
+    def plot_file(self, metric: str) -> str:
+        return self.path(f"{metric}.png")
 
     @property
-    def best_dir(self) -> Path:
-        return self.local("best")
+    def best_dir(self) -> str:
+        return self.path("best")
+
+    def checkpoint(self, path: str):
+        """A Ray checkpoint by the path Tune recorded (inside the storage's filesystem)."""
+        from ray.train import Checkpoint
+
+        return Checkpoint(path) if self.is_local else Checkpoint(path, filesystem=filesystem(self.root)[0])
 
 
 def find_experiment(path_or_name: str) -> ExperimentLayout:
@@ -226,35 +288,32 @@ def _plain(result: dict, drop: set[str] = frozenset()) -> dict:
 def mark_finished(layout: ExperimentLayout, trial_id: str, last_result: dict) -> None:
     """Record at once that a trial is over (done or stopped by ASHA), so a driver killed
     before Tune's next state save does not run it again on resume."""
-    if layout.finished_dir is not None:
-        write_text(str(layout.finished_dir / f"{trial_id}.json"), json.dumps(_plain(last_result)))
+    write_text(layout.finished_file(trial_id), json.dumps(_plain(last_result)))
 
 
 def is_finished(layout: ExperimentLayout, trial_id: str) -> bool:
-    return layout.finished_dir is not None and (layout.finished_dir / f"{trial_id}.json").is_file()
+    return exists(layout.finished_file(trial_id))
 
 
 def finished_trial_ids(layout: ExperimentLayout) -> set[str]:
-    folder = layout.finished_dir
-    return {path.stem for path in folder.glob("*.json")} if folder is not None and folder.is_dir() else set()
+    return {name[: -len(".json")] for name in list_file_names(layout.finished_dir) if name.endswith(".json")}
 
 
 def append_history(layout: ExperimentLayout, trial_id: str, result: dict) -> None:
-    if layout.finished_dir is None:
+    line = json.dumps(_plain(result, TUNE_AUTO_KEYS)) + "\n"
+    location = layout.history_file(trial_id)
+    if layout.is_local:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        with open(location, "a", encoding="utf-8") as handle:
+            handle.write(line)
         return
-    folder = layout.finished_dir / "history"
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / f"{trial_id}.jsonl").open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(_plain(result, TUNE_AUTO_KEYS)) + "\n")
+    # An object store cannot append: rewrite the trial's (small) history with the new line.
+    write_text(location, (read_text(location) or "") + line)
 
 
 def read_history(layout: ExperimentLayout, trial_id: str) -> list[dict]:
-    if layout.finished_dir is None:
-        return []
-    path = layout.finished_dir / "history" / f"{trial_id}.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = read_text(layout.history_file(trial_id)) or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------- a single run
@@ -304,10 +363,18 @@ def read_log_history(checkpoint_dir: str | Path) -> list[dict]:
     return json.loads(state.read_text()).get("log_history", [])
 
 
-def export_adapter(checkpoint, destination: Path, config: ExperimentConfig, final_metrics: dict,
+def export_adapter(checkpoint, destination: str | Path, config: ExperimentConfig, final_metrics: dict,
                    best_metrics: dict, latest_checkpoint=None) -> dict:
-    """Copy a Ray checkpoint's adapter + tokenizer into `destination` (loadable with
-    `PeftModel.from_pretrained`), with the resolved config and metrics.json beside them."""
+    """Copy a Ray checkpoint's adapter + tokenizer into `destination` (a folder or a URI;
+    loadable with `PeftModel.from_pretrained`), with the resolved config and metrics.json."""
+    destination = str(destination)
+    if is_uri(destination):  # assembled locally, then uploaded
+        with tempfile.TemporaryDirectory() as staging:
+            summary = export_adapter(checkpoint, Path(staging), config, final_metrics, best_metrics,
+                                     latest_checkpoint)
+            upload_folder(Path(staging), destination)
+        return summary
+    destination = Path(destination)
     destination.mkdir(parents=True, exist_ok=True)
     with checkpoint.as_directory() as restored:
         source = Path(restored) / CHECKPOINT_NAME

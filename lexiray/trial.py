@@ -234,9 +234,9 @@ def train_worker(settings: WorkerSettings) -> None:
     callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants={"precision": precision}))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
-    if settings.tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
-        callbacks.append(hf_trainer.tensorboard_callback(settings.tensorboard_dir))
     output_dir = storage.make_scratch_dir()
+    if settings.tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
+        callbacks.extend(hf_trainer.tensorboard_callbacks(settings.tensorboard_dir, scratch=output_dir))
     trainer = hf_trainer.build_hf_trainer(
         config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,
         eval_on_start=settings.eval_on_start and checkpoint is None, callbacks=callbacks,

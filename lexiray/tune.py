@@ -196,6 +196,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     init_ray(address, verbose=verbose)
     quiet_trial_tracebacks(verbose)
     check_resources(config)
+    check_shared_storage(layout.storage_path)
     data, train_rows = _share_data(config, console)
     max_t, _ = check_schedule(config, total_steps(config, train_rows))
     console.print(f"resuming {layout.root}")

@@ -8,7 +8,7 @@ import csv
 import pytest
 
 from lexiray.config import apply_sample, load_config
-from lexiray.report import TrialRecord, leaderboard_rows, write_leaderboard
+from lexiray.report import TrialRecord, leaderboard_csv, leaderboard_rows
 
 BASE = load_config("smoke")
 
@@ -74,13 +74,12 @@ def test_settings_come_from_the_trial_config():
     assert row["batch_size"] * row["grad_accum"] == effective
 
 
-def test_leaderboard_csv_adds_the_tuned_metric_column(tmp_path):
+def test_leaderboard_csv_adds_the_tuned_metric_column():
     rows = leaderboard_rows([TrialRecord("a", "TERMINATED", [{"step": 6, "eval_accuracy": 0.5, "total_steps": 6}])],
                             metric="eval_accuracy", mode="max")
-    path = write_leaderboard(rows, tmp_path / "leaderboard.csv", "eval_accuracy")
-    with path.open() as handle:
-        header = next(csv.reader(handle))
+    header, first = list(csv.reader(leaderboard_csv(rows, "eval_accuracy").splitlines()))
     assert header[:4] == ["rank", "trial_id", "status", "eval_accuracy"]
+    assert first[:4] == ["1", "a", "DONE", "0.5"]
 
 
 @pytest.mark.parametrize("total", [None, 36])
