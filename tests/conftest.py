@@ -34,8 +34,9 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
-    result = subprocess.run([*LEXIRAY, *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = False,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([*LEXIRAY, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True,
                             timeout=timeout, stdin=subprocess.DEVNULL)
     if check and result.returncode != 0:
         raise AssertionError(f"lexiray {' '.join(args)} exited {result.returncode}\n"
