@@ -91,11 +91,16 @@ def check_shared_storage(storage: str) -> None:
 
 
 def default_concurrency(config: ExperimentConfig) -> int:
-    """As many trials at once as the cluster's GPUs (or CPUs) hold."""
+    """As many trials at once as the cluster's GPUs (or CPUs) hold, counting only the nodes
+    with the requested accelerator type when there is one."""
     import ray
 
-    total = ray.cluster_resources()
     resources = config.resources
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    if resources.accelerator_type:
+        nodes = [node for node in nodes if f"accelerator_type:{resources.accelerator_type}" in node]
     if resources.gpus_per_trial > 0:
-        return max(1, int(total.get("GPU", 0) // (resources.gpus_per_trial * resources.num_workers)))
-    return max(1, int(total.get("CPU", 0) // (resources.cpus_per_trial * resources.num_workers)))
+        slots = sum(node.get("GPU", 0) for node in nodes) // (resources.gpus_per_trial * resources.num_workers)
+    else:
+        slots = sum(node.get("CPU", 0) for node in nodes) // (resources.cpus_per_trial * resources.num_workers)
+    return max(1, int(slots))

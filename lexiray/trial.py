@@ -231,7 +231,9 @@ def train_worker(settings: WorkerSettings) -> None:
     callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep()]
     if settings.chaos:
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
-    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants={"precision": precision}))
+    # Which precision and which Ray node: what a user checks first on a mixed cluster.
+    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id()}
+    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
     output_dir = storage.make_scratch_dir()
