@@ -111,6 +111,61 @@ def tune(
     finish_experiment(run, console)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def submit(
+    ctx: typer.Context,
+    address: Optional[str] = typer.Option(None, "--address", help="The head's dashboard, http://HEAD:8265 "
+                                          "(default: RAY_ADDRESS)"),
+    working_dir: Path = typer.Option(Path("."), "--working-dir", help="Uploaded as the job's working dir"),
+    runtime_env: Optional[str] = typer.Option(None, "--runtime-env", help="Job runtime_env YAML (default: "
+                                              "cluster/runtime_env.yaml when it is here; '' for none)"),
+    python: str = typer.Option("python", "--python", help="The cluster's interpreter that has lexiray"),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Return once submitted instead of following the logs"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the `ray job submit` command, run nothing"),
+    debug: bool = DebugOption,
+):
+    """Submit `lexiray tune [TUNE OPTIONS]` to a Ray cluster as a job (`ray job submit`).
+
+    Example: lexiray submit --address http://127.0.0.1:8265 -c balanced --storage-path s3://BUCKET/lexiray
+    """
+    import shlex
+    import subprocess
+
+    from lexiray.cluster import DEFAULT_RUNTIME_ENV, plan_submission
+
+    tune_args = [arg for arg in ctx.args if arg != "--debug"]
+    # The tune options are parsed and the config validated here, before anything is sent.
+    tune_command = typer.main.get_command(app).get_command(ctx, "tune")
+    try:
+        params = tune_command.make_context("lexiray submit … tune", list(tune_args)).params
+    except Exception as error:  # typer's own click usage errors
+        if not hasattr(error, "format_message"):
+            raise
+        raise LexirayError(f"lexiray submit: {error.format_message()} (tune options: lexiray tune --help)") from None
+    if params.get("address") or params.get("chaos"):
+        raise LexirayError("lexiray submit: --address belongs before the tune options, and --chaos is for local "
+                           "tests only")
+    settings = _load(params["config"], tune_overrides(params["set_"], params["num_samples"], params["max_concurrent"],
+                                                      params["time_budget"], params["storage_path"], params["name"]))
+    if "://" not in settings.tune.storage_path:
+        console.print(f"note: tune.storage_path={settings.tune.storage_path} is a local folder: on a multi-node "
+                      "cluster lexiray refuses it; use --storage-path s3://... or gs://...")
+    if runtime_env is None and Path(DEFAULT_RUNTIME_ENV).is_file():
+        runtime_env = DEFAULT_RUNTIME_ENV
+    job = plan_submission(tune_args, settings.tune.name or settings.name, address, str(working_dir),
+                          runtime_env or None, python, wait=not no_wait)
+    console.print(" ".join(shlex.quote(part) for part in job.command()), markup=False)
+    if dry_run:
+        return
+    # The `ray` CLI of this environment, whatever is first on PATH.
+    returncode = subprocess.call([sys.executable, "-m", "ray.scripts.scripts", *job.command()[1:]],
+                                 stdin=subprocess.DEVNULL)
+    for line in job.follow_lines():
+        console.print(line, markup=False)
+    if returncode:
+        raise typer.Exit(returncode)
+
+
 @app.command()
 def resume(
     path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or name under the default storage"),

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from lexiray.config import ExperimentConfig
 from lexiray.errors import ResourceError
@@ -104,3 +107,54 @@ def default_concurrency(config: ExperimentConfig) -> int:
     else:
         slots = sum(node.get("CPU", 0) for node in nodes) // (resources.cpus_per_trial * resources.num_workers)
     return max(1, int(slots))
+
+
+# --------------------------------------------------------------------------- `lexiray submit`
+
+DEFAULT_RUNTIME_ENV = "cluster/runtime_env.yaml"
+
+
+@dataclass(frozen=True)
+class JobSubmission:
+    """One `ray job submit` call: what `lexiray submit` prints and runs."""
+
+    address: str  # the head's dashboard, http://HEAD:8265
+    working_dir: str
+    runtime_env: str | None
+    entrypoint: tuple[str, ...]
+    submission_id: str
+    wait: bool = True
+
+    def command(self) -> list[str]:
+        command = ["ray", "job", "submit", "--address", self.address, "--submission-id", self.submission_id,
+                   "--working-dir", self.working_dir]
+        if self.runtime_env:
+            command += ["--runtime-env", self.runtime_env]
+        if not self.wait:
+            command.append("--no-wait")
+        return [*command, "--", *self.entrypoint]
+
+    def follow_lines(self) -> list[str]:
+        where = f"--address {self.address}"
+        return [f"follow:  ray job logs -f {self.submission_id} {where}",
+                f"status:  ray job status {self.submission_id} {where}",
+                f"stop:    ray job stop {self.submission_id} {where}"]
+
+
+def plan_submission(tune_args: list[str], experiment_name: str, address: str | None, working_dir: str,
+                    runtime_env: str | None, python: str, wait: bool) -> JobSubmission:
+    """The `ray job submit` call for a tuning run (its options already validated)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ResourceError("lexiray submit: give --address http://HEAD:8265 (the head's dashboard) or set "
+                            "RAY_ADDRESS")
+    if not address.startswith(("http://", "https://")):
+        raise ResourceError(f"lexiray submit --address {address}: jobs go to the dashboard's HTTP address, "
+                            "e.g. http://127.0.0.1:8265 (port-forward or `ray dashboard` to reach it)")
+    if not Path(working_dir).is_dir():
+        raise ResourceError(f"lexiray submit --working-dir {working_dir}: no such folder")
+    if runtime_env and not Path(runtime_env).is_file():
+        raise ResourceError(f"lexiray submit --runtime-env {runtime_env}: no such file")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return JobSubmission(address, working_dir, runtime_env, (python, "-m", "lexiray", "tune", *tune_args),
+                         f"lexiray-{experiment_name}-{stamp}", wait)

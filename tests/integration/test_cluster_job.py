@@ -112,3 +112,17 @@ def test_submitted_tuning_job_runs_every_trial_on_the_t4_node(tmp_path, no_ray_l
         assert reports and {report["node_id"] for report in reports} <= t4_nodes, (folder.name, reports[-1])
     assert "best adapter:" in submit.stdout and "leaderboard" in submit.stdout
     assert "2 at a time" in submit.stdout  # the T4 node's 2 CPUs, not the head's
+
+    # The same through `lexiray submit`, which validates the options, then runs `ray job submit`.
+    result = subprocess.run([sys.executable, "-m", "lexiray", "submit", "--address", dashboard, "--working-dir",
+                             str(REPO), "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"), "--python",
+                             sys.executable, "--storage-path", f"file://{results}", "--name", "via-submit",
+                             "--num-samples", "1", "--set", "resources.accelerator_type=T4",
+                             "--set", "search.training.learning_rate={grid: [5.0e-3]}", "--set", "data.max_rows=120",
+                             "--set", "training.max_steps=6", "--set", "training.save_steps=3",
+                             "--set", "training.eval_steps=3"],
+                            env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-3000:]}"
+    assert result.stdout.startswith("ray job submit --address " + dashboard)
+    assert "follow:  ray job logs -f lexiray-via-submit-" in result.stdout
+    assert (results / "via-submit" / "leaderboard.csv").is_file()
