@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lexiray.errors import ConfigError
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
+SEARCH_SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # package data: installs carry it
 DEFAULT_PRESET = "smoke"
 
 LEXILINGO_TASKS = ("fluency", "vocabulary", "grammar", "dialogue", "explanation")
@@ -259,7 +259,7 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
 
 
 def resolve_config_path(path_or_name: str | Path | None) -> Path:
-    """A YAML path, or a preset name such as 'smoke' found in search_spaces/."""
+    """A YAML path, or a preset name such as 'smoke' found in lexiray/search_spaces/."""
     if path_or_name is None:
         path_or_name = DEFAULT_PRESET
     path = Path(path_or_name).expanduser()
