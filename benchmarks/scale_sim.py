@@ -64,7 +64,7 @@ def batch_half_point() -> float:
     b4 = sum(GUIDE_T4[("0.5B", 512, 4)]) / 2
     b2 = sum(GUIDE_T4[("0.5B", 768, 2)]) / 2 * 768 / 512  # same tokens/s, shorter sequences
     # b4 (4 + h) / 4 = b2 (2 + h) / 2
-    return (2 * b2 - b4) / (b4 / 4 - b2 / 2)
+    return (b2 - b4) / (b4 / 4 - b2 / 2)
 
 
 def samples_per_second(model: str, seq: int, batch: int) -> float:
@@ -153,7 +153,7 @@ def make_trainable():
     return StandInTrial
 
 
-def progress_callback(total: int, out, started: float):
+def progress_callback(total: int, started: float):
     from ray.tune import Callback
 
     class Heartbeat(Callback):
@@ -167,7 +167,7 @@ def progress_callback(total: int, out, started: float):
             if self.done % max(1, total // 10) == 0 or self.done == total:
                 running = sum(1 for t in trials if t.status == "RUNNING")
                 print(f"  [{time.time() - started:5.0f} s] {self.done}/{total} trials done, {running} running",
-                      file=out, flush=True)
+                      file=sys.__stdout__, flush=True)  # not the redirected stdout
 
     return Heartbeat()
 
@@ -190,7 +190,7 @@ def run(options, scratch: Path) -> dict:
 
     config = load_config("balanced", [f"tune.num_samples={options.trials}", f"tune.max_concurrent_trials={options.slots}",
                                       f"tune.storage_path={scratch / 'results'}", "tune.name=scale_sim",
-                                      f"tune.seed={options.seed}", "resources.accelerator_type=T4"])
+                                      f"tune.seed={options.seed}"])
     max_t, grace = check_schedule(config, total_steps(config, options.rows))
     sim = Simulation(model_size(config.model.name), config.data.max_seq_length, config.training.effective_batch_size,
                      config.training.effective_eval_steps, max_t, options.time_scale, options.seed)
@@ -219,7 +219,7 @@ def run(options, scratch: Path) -> dict:
                            run_config=ray_tune.RunConfig(
                                name=layout.name, storage_path=layout.storage_path, verbose=0,
                                callbacks=[RecordFinishedTrials(layout), PrintTrialProgress(max_t),
-                                          progress_callback(options.trials, sys.stdout, started)]))
+                                          progress_callback(options.trials, started)]))
     cpu_before = time.process_time()
     with open(progress_log, "w") as log, contextlib.redirect_stdout(log):  # PrintTrialProgress's lines
         grid = tuner.fit()
