@@ -29,9 +29,12 @@ Prints, with targets:
     algorithm's next sample, Tune's bookkeeping and RPCs) and nothing of process start-up,
     which on 2 cores dominates and on a cluster happens on the node. The driver's CPU time
     per trial is printed too: what the driver can sustain, not what a slot loses.
-(2) slot-time busy: simulated busy seconds / (slots x simulated wall), after the start-up
-    ramp (the 64 actor processes start on 2 cores: a machine artifact, excluded), over the
-    whole run and over the part where trials were still waiting for a slot.
+(2) slot-time busy: simulated busy seconds / (slots x simulated wall). The simulated clock
+    starts when every slot holds a live trial actor: new actors wait for each other before
+    their first step (64 processes take a minute to start on 2 cores; trials ending meanwhile
+    made Tune hand their actors to trials whose own actors were still starting, which Ray
+    then killed, over and over: only 23 of 64 slots were ever in use). Also split into the
+    part where trials still waited for a slot (what the driver controls) and ASHA's tail.
 (3) GPU-hours under ASHA against every trial run to max_t, and ASHA's best eval_loss against
     the best any sampled config reaches when run to the end.
 Targets: (1) <= 0.5 s, (2) >= 90 %, (3) <= 30 %. Ends with `scale_sim_gpu_hours_fraction: X`.
@@ -105,6 +108,8 @@ class Simulation:
     total_steps: int  # max_t
     scale: float  # real seconds per simulated second
     seed: int
+    start_barrier: str  # a folder: each new trial actor adds a file, and waits for `start_count` of them
+    start_count: int
 
     def step_seconds(self, batch: int) -> float:
         return self.effective_batch / samples_per_second(self.model, self.seq, batch)
@@ -124,6 +129,16 @@ def make_trainable():
         def setup(self, config, sim: Simulation):
             self.sim = sim
             self.reset_config(config)
+            self.waiting = True
+
+        def wait_for_all_slots(self):
+            """The start barrier (see the module's docstring, (2)): process start-up is not measured."""
+            folder = Path(self.sim.start_barrier)
+            (folder / str(os.getpid())).touch()
+            deadline = time.time() + 900
+            while len(os.listdir(folder)) < self.sim.start_count and time.time() < deadline:
+                time.sleep(0.1)
+            self.waiting = False
 
         def reset_config(self, new_config):
             self.lr, self.r = float(new_config[LR_KEY]), int(new_config[R_KEY])
@@ -133,6 +148,8 @@ def make_trainable():
             return True
 
         def step(self):
+            if self.waiting:
+                self.wait_for_all_slots()
             sim = self.sim
             target = min(self.at + sim.every, sim.total_steps)
             simulated = (target - self.at) * self.step_s
@@ -188,12 +205,15 @@ def run(options, scratch: Path) -> dict:
     from lexiray.trial import TRIAL_DRIVER_CPUS
     from lexiray.tune import RecordFinishedTrials, check_schedule, total_steps, tune_config
 
-    config = load_config("balanced", [f"tune.num_samples={options.trials}", f"tune.max_concurrent_trials={options.slots}",
+    config = load_config("balanced", [f"tune.num_samples={options.trials}",
+                                      f"tune.max_concurrent_trials={options.slots}",
                                       f"tune.storage_path={scratch / 'results'}", "tune.name=scale_sim",
                                       f"tune.seed={options.seed}"])
     max_t, grace = check_schedule(config, total_steps(config, options.rows))
     sim = Simulation(model_size(config.model.name), config.data.max_seq_length, config.training.effective_batch_size,
-                     config.training.effective_eval_steps, max_t, options.time_scale, options.seed)
+                     config.training.effective_eval_steps, max_t, options.time_scale, options.seed,
+                     str(scratch / "start_barrier"), min(options.slots, options.trials))
+    Path(sim.start_barrier).mkdir()
     layout = ExperimentLayout.for_new_experiment(config)
     print(f"{options.slots} T4 slots, {options.trials} trials of '{config.name}' ({config.model.name}, seq {sim.seq}, "
           f"effective batch {sim.effective_batch}), {options.rows} rows -> {max_t} steps per trial, a report every "
@@ -230,9 +250,11 @@ def run(options, scratch: Path) -> dict:
         if result.error:
             raise SystemExit(f"trial {result.metrics.get('trial_id')} failed: {result.error}")
         trial_id = result.metrics["trial_id"]
-        trials.append({"id": trial_id, "config": result.config, "history": storage.read_history(layout, trial_id)})
-    lines = sum(1 for _ in open(progress_log))
-    return {"sim": sim, "trials": trials, "driver_cpu": driver_cpu, "wall": wall, "progress_lines": lines,
+        history = storage.read_history(layout, trial_id)
+        if history:  # (none: a run interrupted before the trial reported)
+            trials.append({"id": trial_id, "config": result.config, "history": history})
+    return {"sim": sim, "trials": trials, "fit_started": started, "driver_cpu": driver_cpu, "wall": wall,
+            "progress_lines": progress_log.read_text().count("\n"),
             "finished_records": len(storage.finished_trial_ids(layout))}
 
 
@@ -270,7 +292,9 @@ def report(options, outcome: dict) -> float:
     p95 = sorted(handoffs)[int(0.95 * (len(handoffs) - 1))] if handoffs else float("nan")
     print(f"\nreal wall {outcome['wall']:.0f} s; {len(by_actor)} trial actors for {n} trials "
           f"({len(handoffs)} trials started on a reused actor)")
-    print(f"(1) driver overhead per trial: {per_trial:.3f} s  [target <= 0.5 s: {verdict(per_trial <= 0.5)}]")
+    print(f"(1) driver overhead per trial: {per_trial:.3f} s  [target <= 0.5 s: {verdict(per_trial <= 0.5)}]"
+          "\n    = the real seconds a slot idles on the driver (actors' clocks: hand-off + result round trips); "
+          "process start-up excluded")
     if handoffs:
         print(f"    hand-off, last report of a trial -> first step of the next on its actor: median "
               f"{statistics.median(handoffs):.3f} s, mean {statistics.mean(handoffs):.3f} s, p95 {p95:.3f} s, "
@@ -278,21 +302,24 @@ def report(options, outcome: dict) -> float:
     if round_trips:
         print(f"    result round trip inside a trial: median {statistics.median(round_trips) * 1000:.0f} ms over "
               f"{len(round_trips)} results ({len(round_trips) / n:.1f} per trial)")
-    print(f"    driver CPU time: {outcome['driver_cpu']:.0f} s = {outcome['driver_cpu'] / n:.3f} CPU-s per trial "
+    print(f"    driver CPU time: {outcome['driver_cpu']:.1f} s = {outcome['driver_cpu'] / n:.3f} CPU-s per trial "
           f"(Tune loop, ASHA, RecordFinishedTrials, PrintTrialProgress: {outcome['progress_lines']} lines)")
 
-    # (2) slot-time busy, after the start-up ramp
+    # (2) slot-time busy, from the moment every slot holds a live trial actor
     first_starts = sorted(t["first_t0"] for t in trials)
-    ramp_end = first_starts[min(options.slots, n) - 1]  # every slot has had its first trial
+    clock_start = first_starts[min(options.slots, n) - 1]  # the start barrier's release
     last_start, end = first_starts[-1], max(t["last_t1"] for t in trials)
-    whole = busy_share(trials, options.slots, ramp_end, end)
-    waiting = busy_share(trials, options.slots, ramp_end, last_start)
-    with_ramp = busy_share(trials, options.slots, first_starts[0], end)
-    print(f"(2) slot-time busy while trials waited for a slot: {waiting:.1%}  [target >= 90 %: {verdict(waiting >= 0.9)}]")
-    print(f"    over the whole run after start-up: {whole:.1%} (the rest is ASHA's tail: the last promoted trials "
-          f"run alone); with the start-up ramp of {ramp_end - first_starts[0]:.0f} real s: {with_ramp:.1%}")
-    print(f"    simulated wall after start-up {(end - ramp_end) / scale / 3600:.2f} h, of which trials were waiting "
-          f"{(last_start - ramp_end) / scale / 3600:.2f} h")
+    whole = busy_share(trials, options.slots, clock_start, end)
+    waiting = busy_share(trials, options.slots, clock_start, last_start)
+    print(f"(2) slot-time busy: {whole:.1%}  [target >= 90 %: {verdict(whole >= 0.9)}]  (simulated wall "
+          f"{(end - clock_start) / scale / 3600:.2f} h, {options.slots} slots)")
+    print(f"    while trials still waited for a slot (the driver's part, the first "
+          f"{(last_start - clock_start) / scale / 3600:.2f} h): {waiting:.1%}  "
+          f"[target >= 90 %: {verdict(waiting >= 0.9)}]")
+    print(f"    after the last trial started: {busy_share(trials, options.slots, last_start, end):.1%}: ASHA's tail, "
+          "the trials it promoted run on while the other slots have nothing left to run")
+    print(f"    start-up, excluded: {clock_start - outcome['fit_started']:.0f} real s until all "
+          f"{min(options.slots, n)} trial actors were up (the simulated clock starts then)")
 
     # (3) GPU-hours against every trial to max_t, and the best found
     asha_s = sum(h["sim_s"] for t in trials for h in t["history"])
@@ -330,7 +357,7 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=64, help="T4 slots (fake GPUs) on the one Ray node")
     parser.add_argument("--trials", type=int, default=512)
     parser.add_argument("--time-scale", type=float, default=None,
-                        help="real seconds per simulated second (default 0.05; 0.01 with --quick)")
+                        help="real seconds per simulated second (default 0.04; 0.01 with --quick)")
     parser.add_argument("--rows", type=int, default=20_000, help="training rows: sets the steps per trial")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smoke check: 8 slots x 32 trials, faster clock")
@@ -338,16 +365,22 @@ def main() -> None:
     if options.quick:
         options.slots, options.trials = min(options.slots, 8), min(options.trials, 32)
     if options.time_scale is None:
-        options.time_scale = 0.01 if options.quick else 0.05
+        options.time_scale = 0.01 if options.quick else 0.04
     started = time.time()
     scratch = Path(tempfile.mkdtemp(prefix="lxsim-"))  # short: Ray's socket paths live under it
     try:
+        import psutil
         import ray
 
         try:
             outcome = run(options, scratch)
         finally:
+            spawned = psutil.Process().children(recursive=True)  # Ray's processes: all started from here
             ray.shutdown()
+            _, alive = psutil.wait_procs(spawned, timeout=15)
+            for process in alive:  # ours, by pid
+                print(f"killing Ray process {process.pid} left after ray.shutdown()")
+                process.kill()
         fraction = report(options, outcome)
     finally:
         import shutil

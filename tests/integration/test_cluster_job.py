@@ -88,10 +88,14 @@ def test_submitted_tuning_job_runs_every_trial_on_the_t4_node(tmp_path, no_ray_l
                   "--set", "data.max_rows=120", "--set", "training.max_steps=12", "--set", "training.save_steps=6",
                   "--set", "training.eval_steps=6"]
     started = time.time()
-    submit = subprocess.run([*RAY, "job", "submit", "--address", dashboard, "--submission-id", submission,
-                             "--working-dir", str(REPO), "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
-                             "--", *entrypoint], env=env, capture_output=True, text=True, timeout=900,
-                            stdin=subprocess.DEVNULL, cwd=tmp_path)
+    for attempt in range(12):  # the head's job agent may still be starting on a busy machine
+        submit = subprocess.run([*RAY, "job", "submit", "--address", dashboard, "--submission-id", submission,
+                                 "--working-dir", str(REPO), "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
+                                 "--", *entrypoint], env=env, capture_output=True, text=True, timeout=900,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path)
+        if "No available agent to submit job" not in submit.stderr:
+            break
+        time.sleep(5)
     wall = time.time() - started
     assert submit.returncode == 0, f"ray job submit exited {submit.returncode}\n{submit.stdout[-6000:]}\n{submit.stderr[-3000:]}"
     status = _run([*RAY, "job", "status", "--address", dashboard, submission], env).stdout

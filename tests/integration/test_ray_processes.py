@@ -20,16 +20,20 @@ ACTORS_PER_TRAIN_RUN = Counter({"TrainController": 1, "PlacementGroupCleaner": 1
                                 "RayTrainWorker": 1})
 
 
-def _new_actors(ray, before: set[str]) -> Counter:
+def _actors():
+    """This test's own cluster, by address: other Ray instances on the machine are not ours."""
+    import ray
     from ray.util.state import list_actors
 
-    return Counter(actor.class_name for actor in list_actors(limit=1000) if actor.actor_id not in before)
+    return list_actors(address=ray.get_runtime_context().gcs_address, limit=1000)
+
+
+def _new_actors(ray, before: set[str]) -> Counter:
+    return Counter(actor.class_name for actor in _actors() if actor.actor_id not in before)
 
 
 def _actor_ids() -> set[str]:
-    from ray.util.state import list_actors
-
-    return {actor.actor_id for actor in list_actors(limit=1000)}
+    return {actor.actor_id for actor in _actors()}
 
 
 def test_a_train_run_starts_exactly_the_expected_ray_actors(tmp_path, no_ray_leftovers):
