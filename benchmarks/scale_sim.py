@@ -38,7 +38,8 @@ Prints, with targets:
 (3) GPU-hours under ASHA against every trial run to max_t, and ASHA's best eval_loss against
     the best any sampled config reaches when run to the end.
 Targets: (1) <= 0.5 s, (2) >= 90 %, (3) <= 30 %. Ends with `scale_sim_gpu_hours_fraction: X`.
-Full run (64 slots x 512 trials, --time-scale 0.05): about 9 minutes on 2 cores.
+Full run (64 slots x 512 trials, --time-scale 0.04): about 8 minutes on 2 cores, 1 of them actor
+start-up; about 10 GB of memory (64 trial actors). `--quick`: 8 slots x 32 trials, about 1 minute.
 """
 
 from __future__ import annotations
