@@ -200,11 +200,10 @@ def run(options, scratch: Path) -> dict:
     from lexiray import storage
     from lexiray.cluster import RAY_ENV_DEFAULTS
     from lexiray.config import load_config
-    from lexiray.progress import PrintTrialProgress
     from lexiray.space import build_param_space
     from lexiray.storage import ExperimentLayout
     from lexiray.trial import TRIAL_DRIVER_CPUS
-    from lexiray.tune import RecordFinishedTrials, check_schedule, total_steps, tune_config
+    from lexiray.tune import check_schedule, run_config, total_steps, tune_config
 
     config = load_config("balanced", [f"tune.num_samples={options.trials}",
                                       f"tune.max_concurrent_trials={options.slots}",
@@ -237,10 +236,8 @@ def run(options, scratch: Path) -> dict:
     progress_log = scratch / "progress.log"
     started = time.time()
     tuner = ray_tune.Tuner(trainable, param_space=build_param_space(config), tune_config=tuning,
-                           run_config=ray_tune.RunConfig(
-                               name=layout.name, storage_path=layout.storage_path, verbose=0,
-                               callbacks=[RecordFinishedTrials(layout), PrintTrialProgress(max_t),
-                                          progress_callback(options.trials, started)]))
+                           run_config=run_config(config, layout, max_t,
+                                                 extra_callbacks=(progress_callback(options.trials, started),)))
     cpu_before = time.process_time()
     with open(progress_log, "w") as log, contextlib.redirect_stdout(log):  # PrintTrialProgress's lines
         grid = tuner.fit()

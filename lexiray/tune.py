@@ -103,6 +103,19 @@ def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: i
     )
 
 
+def run_config(config: ExperimentConfig, layout: ExperimentLayout, max_t: int, verbose: bool = False,
+               extra_callbacks: tuple = ()) -> tune.RunConfig:
+    """Where the experiment lives, its failure policy, and the callbacks that print
+    progress and keep the records resume relies on (benchmarks/scale_sim.py reuses it)."""
+    return tune.RunConfig(
+        name=layout.name,
+        storage_path=layout.storage_path,
+        failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+        callbacks=[RecordFinishedTrials(layout), PrintTrialProgress(max_t), *extra_callbacks],
+        verbose=1 if verbose else 0,
+    )
+
+
 class RecordFinishedTrials(tune.Callback):
     """Writes the records resume relies on (lexiray.storage): every result as it arrives,
     and "finished" the moment a trial is done or stopped by ASHA."""
@@ -174,13 +187,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
         _trainable(plan),
         param_space=build_param_space(config),
         tune_config=tune_config(config, max_t, grace, concurrency),
-        run_config=tune.RunConfig(
-            name=layout.name,
-            storage_path=layout.storage_path,
-            failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
-            callbacks=[RecordFinishedTrials(layout), PrintTrialProgress(max_t)],
-            verbose=1 if verbose else 0,
-        ),
+        run_config=run_config(config, layout, max_t, verbose),
     )
     return _fit(tuner, layout, config, max_t)
 
