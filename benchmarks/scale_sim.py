@@ -57,6 +57,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
 LR_KEY, R_KEY, BATCH_KEY = "training.learning_rate", "lora.r", "training.per_device_train_batch_size"
 
 # LexiLingo guide, T4: samples/s (low, high) for (model, max_seq_length, per-device batch).
@@ -316,6 +320,14 @@ def report(options, outcome: dict) -> float:
           f"[target >= 90 %: {verdict(waiting >= 0.9)}]")
     print(f"    after the last trial started: {busy_share(trials, options.slots, last_start, end):.1%}: ASHA's tail, "
           "the trials it promoted run on while the other slots have nothing left to run")
+    # The cluster files autoscale: a worker idle for idle_timeout_minutes is released, so in
+    # ASHA's tail the slots with nothing left to run stop being paid for.
+    idle_minutes = yaml.safe_load((REPO / "cluster" / "aws-t4.yaml").read_text())["idle_timeout_minutes"]
+    idle_real = idle_minutes * 60 * scale
+    held = sum(min(end, max(t["last_t1"] for t in runs) + idle_real) - clock_start for runs in by_actor.values())
+    autoscaled = whole * options.slots * (end - clock_start) / held if held > 0 else float("nan")
+    print(f"    on the cluster files' autoscaling workers (released after idle_timeout_minutes={idle_minutes}): "
+          f"{autoscaled:.1%} of the slot-time held  [target >= 90 %: {verdict(autoscaled >= 0.9)}]")
     print(f"    start-up, excluded: {clock_start - outcome['fit_started']:.0f} real s until all "
           f"{min(options.slots, n)} trial actors were up (the simulated clock starts then)")
 
