@@ -4,7 +4,7 @@ Nothing can be downloaded in CI or on an air-gapped laptop, so `model.name: tiny
 small base model from text the package ships, on first use:
 
 1. a byte-level BPE tokenizer (4096 tokens, Qwen's special tokens and ChatML chat template)
-   trained on the bundled LexiLingo sample;
+   whose vocabulary is learned from the whole bundled LexiLingo sample;
 2. a Qwen2 model (hidden 128, 4 layers, tied embeddings) pretrained from random weights as a
    plain causal LM, full weights, in a short seeded torch loop (a few hundred AdamW steps over
    random 128-token windows), on
@@ -12,8 +12,9 @@ small base model from text the package ships, on first use:
      conversation with no assistant turn, and
    - the everyday English and Vietnamese paragraphs below, written for this purpose.
 
-The answers of the sample are never pretrained on, so every train / eval split of it stays
-honest: the eval loss of a LoRA run measures what LoRA learned from the training rows. The base
+No weight is ever trained on an answer of the sample, so every train / eval split of it stays
+honest (any data.split_seed or eval_fraction): the eval loss of a LoRA run measures what LoRA
+learned from the training rows. The base
 knows both languages and the chat markup but has never seen an assistant turn, which is what
 LoRA then has to learn: a good learning rate visibly beats a bad one.
 
