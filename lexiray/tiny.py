@@ -50,10 +50,10 @@ TINY_SETTINGS = {
     "seed": 0,
     # Pretraining: steps x batch x block tokens of AdamW (warmup then cosine decay to zero);
     # the written text is repeated text_repeat times in the corpus next to the sample's prompts.
-    "pretrain_steps": 320,
+    "pretrain_steps": 288,
     "pretrain_batch": 16,
     "pretrain_block": 128,
-    "pretrain_lr": 4e-3,
+    "pretrain_lr": 5e-3,
     "text_repeat": 2,
     "format": 4,  # bump when the build below changes, so stale caches are not reused
 }
