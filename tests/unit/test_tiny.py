@@ -70,12 +70,14 @@ def test_the_pretraining_corpus_holds_no_answer():
     assert not leaked, f"{len(leaked)} sample answers are in the written text, e.g. {leaked[0]!r}"
 
 
-def test_the_cache_key_follows_the_settings_and_the_written_text(monkeypatch):
+def test_the_cache_key_follows_the_settings_and_the_written_text(monkeypatch, tmp_path):
     key = tiny._cache_key()
     monkeypatch.setitem(tiny.TINY_SETTINGS, "pretrain_steps", tiny.TINY_SETTINGS["pretrain_steps"] + 1)
     assert tiny._cache_key() != key
     monkeypatch.undo()
-    monkeypatch.setattr(tiny, "_ENGLISH_TEXT", tiny._ENGLISH_TEXT + "\n\nOne more paragraph.")
+    longer = tmp_path / "english.txt"
+    longer.write_text(tiny.WRITTEN_TEXTS[0].read_text(encoding="utf-8") + "\n\nOne more paragraph.\n")
+    monkeypatch.setattr(tiny, "WRITTEN_TEXTS", [longer, *tiny.WRITTEN_TEXTS[1:]])
     assert tiny._cache_key() != key
 
 
