@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -421,15 +422,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def sweep_scratch_dirs(parent: str | None = None) -> None:
-    """Remove the scratch folders of trial workers that no longer exist (on this machine).
+def sweep_scratch_dirs(parent: str | None = None, wait_s: float = 0.0) -> None:
+    """Remove the scratch folders of trial workers that no longer exist (on this machine),
+    giving workers that are being killed up to `wait_s` seconds to exit.
 
     ASHA stops a trial by killing its worker, so no `finally` of that worker runs, and each
     leftover holds its last checkpoints (tens of MB on a real model)."""
-    for entry in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
-        pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
+    deadline = time.monotonic() + wait_s
+    while True:
+        alive = 0
+        for entry in Path(parent or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*"):
+            pid = entry.name[len(SCRATCH_PREFIX):].split("-", 1)[0]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            if _pid_alive(int(pid)):
+                alive += 1
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        if not alive or time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
 
 
 def make_scratch_dir(parent: str | None = None) -> str:

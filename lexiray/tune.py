@@ -156,7 +156,9 @@ def _trainable(plan: TrialPlan):
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
     tuner.fit()
-    storage.sweep_scratch_dirs()  # left by the killed workers of stopped trials (on this machine)
+    # The scratch folders the killed workers of stopped trials left on this machine; the
+    # workers of the trials ASHA stopped last may still be dying, so give them a moment.
+    storage.sweep_scratch_dirs(wait_s=10)
     return TuningRun(layout, config, max_t, time.time() - started)
 
 

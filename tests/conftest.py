@@ -27,6 +27,15 @@ PR_SET_CHILD_SUBREAPER = 36
 SHUTDOWN_GRACE_S = 20  # a driver's own Ray shutdown takes a few seconds
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers the tests start)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def cli_env() -> dict:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -25,17 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, kill_ray_processes, ray_processes
+from tests.conftest import free_port, REPO, cli_env, kill_ray_processes, ray_processes
 
 pytestmark = pytest.mark.slow
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _run(args: list[str], env: dict, timeout: float = 120) -> subprocess.CompletedProcess:

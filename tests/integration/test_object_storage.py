@@ -17,17 +17,11 @@ import pytest
 
 from lexiray import storage
 from lexiray.storage import ExperimentLayout
-from tests.conftest import cli_env, evaluate_adapter, kill_ray_processes, run_cli
+from tests.conftest import free_port, cli_env, evaluate_adapter, kill_ray_processes, run_cli
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "lexiray-test"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
