@@ -45,8 +45,9 @@ def trial_results(root: Path) -> dict[str, list[dict]]:
     return results
 
 
-def plain_hf_run(config, threads: int) -> dict:
-    """The same trial as a plain script: HF Trainer + PEFT in this process, no Ray."""
+def plain_hf_run(config, threads: int, started_at: float | None = None) -> dict:
+    """The same trial as a plain script: HF Trainer + PEFT in this process, no Ray.
+    `started_at`: when the process was launched, so startup_s includes its imports."""
     import torch
 
     from lexiray.data import prepare_data
@@ -55,10 +56,11 @@ def plain_hf_run(config, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     started = time.time()
+    started_at = started if started_at is None else started_at
     tokenizer = load_tokenizer(config.model)
     prepared = prepare_data(config.data, tokenizer)
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
-    throughput = ThroughputMeter(started)
+    throughput = ThroughputMeter(started_at)
     with tempfile.TemporaryDirectory() as output:
         trainer = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, output, "fp32",
                                    cuda=False, callbacks=[throughput, EvaluateAndSaveAtLastStep()])
@@ -71,3 +73,17 @@ def plain_hf_run(config, threads: int) -> dict:
 
 def median(values):
     return statistics.median(values) if values else float("nan")
+
+
+def plain_hf_process(config_path: Path, threads: int) -> dict:
+    """plain_hf_run in a fresh Python process: its startup_s counts from the launch, imports included."""
+    launched = time.time()
+    output = subprocess.run([sys.executable, __file__, str(config_path), str(threads), repr(launched)],
+                            check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # the plain script of plain_hf_process
+    from lexiray.config import load_config
+
+    print(json.dumps(plain_hf_run(load_config(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]))))

@@ -156,8 +156,11 @@ class ThroughputMeter(TrainerCallback):
         if steps > 1 and self.first_step_at is not None:
             # steps over the whole training phase, evaluations and checkpoints included
             metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_clock)
+        if self.first_step_at is not None:
+            metrics["first_step_at"] = self.first_step_at  # wall clock: benchmarks line trials up
         if self.started_at is not None and self.first_step_at is not None:
             metrics["startup_s"] = self.first_step_at - self.started_at
+        metrics["reported_at"] = self.wall_clock()
         return metrics
 
 

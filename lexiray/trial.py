@@ -24,11 +24,13 @@ every trial's driver process, and transformers alone would cost it ~3 CPU-second
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,10 +38,14 @@ from typing import Any
 import ray.train
 import ray.tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train._internal.session import get_session
+from ray.train.backend import BackendConfig
 # Ray internals, pinned (pyproject: ray>=2.60,<2.61) and checked by
 # tests/integration/test_ray_processes.py, so a rename upstream fails a test.
 from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from lexiray import storage
 from lexiray.chaos import ChaosSpec
@@ -95,6 +101,79 @@ class TrialPlan:
     data: TrainingData
     layout: ExperimentLayout
     chaos: ChaosSpec | None = None
+    mailbox: Any = None  # a TrialMailbox actor: Train → Tune reports of every trial (None: Ray's queue per trial)
+
+
+# --------------------------------------------------------------------------- Train → Tune reports
+#
+# Ray's own `TuneReportCallback` starts a queue actor per trial (one more Python process,
+# ~1.3 CPU-s on 2 cores, measured) for the Train controller to hand each report to the Tune
+# trial. One mailbox actor for the whole tuning run does the same job.
+
+
+class TrialMailbox:
+    """Each trial's reports, in order, from its Train controller to its Tune trial driver.
+    At most one waiting report per trial, as in Ray's queue: a controller waits for Tune."""
+
+    def __init__(self):
+        self.queues: dict[str, asyncio.Queue] = {}
+
+    def _queue(self, key: str) -> asyncio.Queue:
+        return self.queues.setdefault(key, asyncio.Queue(maxsize=1))
+
+    async def put(self, key: str, report: dict) -> None:
+        await self._queue(key).put(report)
+
+    async def get(self, key: str, timeout: float | None) -> dict | None:
+        """The next report, or None after `timeout` s. A report is taken off the queue only
+        by a `get` that returns it: a timed-out wait is cancelled before it takes one."""
+        queue = self._queue(key)
+        if timeout is not None and timeout <= 0:
+            return None if queue.empty() else queue.get_nowait()
+        waiting = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({waiting}, timeout=timeout)
+        if not done and waiting.cancel():
+            return None
+        return waiting.result()
+
+    def forget(self, key: str) -> None:
+        self.queues.pop(key, None)
+
+
+def start_mailbox():
+    return ray.remote(num_cpus=0)(TrialMailbox).remote()
+
+
+class MailboxReader:
+    """What Tune's function-trainable session reads Train's reports from (the part of
+    `ray.util.queue.Queue` it uses: `get(block, timeout)`, `Empty` when there is none)."""
+
+    def __init__(self, mailbox, key: str):
+        self.mailbox, self.key = mailbox, key
+
+    def get(self, block: bool = True, timeout: float | None = None) -> dict:
+        from ray.util.queue import Empty
+
+        report = ray.get(self.mailbox.get.remote(self.key, timeout if block else 0))
+        if report is None:
+            raise Empty
+        return report
+
+
+class ReportToTune(UserCallback):
+    """Ray's `TuneReportCallback`, through the run's mailbox: each Train report (the rank-0
+    metrics, and the persisted checkpoint's path) becomes one Tune result."""
+
+    def __init__(self, mailbox, key: str):
+        self.mailbox, self.key = mailbox, key
+        # Ray 2.60 internal (pinned): the session reads Train's reports from this attribute.
+        get_session()._inter_actor_queue = MailboxReader(mailbox, key)
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint=None) -> None:
+        report = dict(metrics[0])
+        if checkpoint:
+            report[CHECKPOINT_PATH_KEY] = checkpoint.path
+        ray.get(self.mailbox.put.remote(self.key, report))
 
 
 # --------------------------------------------------------------------------- the trial driver
@@ -102,8 +181,6 @@ class TrialPlan:
 
 def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     """The Tune trainable: one Ray Train run for one sample of the search space."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     # 1. The trial's config: derived settings and the constant effective batch applied.
     config = apply_sample(plan.base_config, sample)
     trial_id = ray.tune.get_context().get_trial_id()
@@ -128,18 +205,35 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     #    die first, and a controller allowed to retry starts a fresh worker group in its
     #    last ~0.2 s whose placement group nobody removes: its CPUs stay taken and later
     #    trials wait forever (seen: a 12-trial run hung with two such groups).
+    # One mailbox slot per attempt: a retried trial keeps its id, and the report a killed
+    # attempt left behind must not reach the next one.
+    mailbox_key = f"{trial_id}/{uuid.uuid4().hex}"
+    if plan.mailbox is not None:
+        report_to_tune = ReportToTune(plan.mailbox, mailbox_key)
+    else:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        report_to_tune = TuneReportCallback()
     trainer = build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id,
-                                  worker_retries=0, callbacks=[TuneReportCallback()],
-                                  driver_cpus=TRIAL_DRIVER_CPUS)
-    trainer.fit()
+                                  worker_retries=0, callbacks=[report_to_tune], driver_cpus=TRIAL_DRIVER_CPUS)
+    try:
+        trainer.fit()
+    finally:
+        if plan.mailbox is not None:
+            plan.mailbox.forget.remote(mailbox_key)
 
 
-class LeanTorchTrainer(TorchTrainer):
-    """`TorchTrainer` without the Ray Data plumbing lexiray does not use. Every Train run
-    starts a DatasetManager actor (and pushes Ray Data's context to the workers) even when
-    no `datasets=` is given: one more Python process per trial, seconds of CPU on a small
-    machine. (The placement-group cleaner stays: when ASHA stops a trial its controller
-    dies with the trial, and only the cleaner gives the workers' CPUs / GPU back.)"""
+class LeanTrainer(DataParallelTrainer):
+    """Ray Train's data-parallel trainer (what `TorchTrainer` is) without the plumbing a
+    lexiray trial does not use:
+    - no Ray Data: every Train run starts a DatasetManager actor (and pushes Ray Data's
+      context to the workers) even when no `datasets=` is given: one more Python process
+      per trial, seconds of CPU on a small machine;
+    - no torch.distributed for a single worker: `TorchConfig` makes the trial driver and
+      the Train controller import torch (~1.5 CPU-s each, measured) and sets up a gloo
+      process group of one. Several workers get `TorchConfig`, as `TorchTrainer` does.
+    (The placement-group cleaner stays: when ASHA stops a trial its controller dies with
+    the trial, and only the cleaner gives the workers' CPUs / GPU back.)"""
 
     def _create_default_callbacks(self):
         callbacks = super()._create_default_callbacks()
@@ -148,8 +242,17 @@ class LeanTorchTrainer(TorchTrainer):
         return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
 
 
+def backend_config(num_workers: int, use_gpu: bool) -> BackendConfig:
+    """No distributed backend for one worker; torch.distributed (NCCL / gloo) for several."""
+    if num_workers == 1:
+        return BackendConfig()
+    from ray.train.torch import TorchConfig  # imports torch: only multi-worker trials pay it
+
+    return TorchConfig(backend="nccl" if use_gpu else "gloo")
+
+
 def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, worker_retries: int,
-                        callbacks: list | None = None, driver_cpus: float = 0.0) -> TorchTrainer:
+                        callbacks: list | None = None, driver_cpus: float = 0.0) -> LeanTrainer:
     """A Ray Train run of `train_worker` on the config's resources; checkpoints ranked by
     the tuned metric, the best `tune.keep_checkpoints` kept. `worker_retries`: how often
     Train restarts failed workers from the last checkpoint (0 under Tune, which retries)."""
@@ -160,13 +263,15 @@ def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, 
     per_worker = {"CPU": max(resources.cpus_per_trial - driver_cpus / resources.num_workers, 0.01)}
     if resources.gpus_per_trial:
         per_worker["GPU"] = resources.gpus_per_trial
-    return LeanTorchTrainer(
+    use_gpu = resources.gpus_per_trial > 0
+    return LeanTrainer(
         # The settings travel in the pickled function, not as `train_loop_config`: Ray
         # types that as a JSON-like dict (its state export converts it to a protobuf Struct).
         functools.partial(train_worker, settings),
+        backend_config=backend_config(resources.num_workers, use_gpu),
         scaling_config=ScalingConfig(
             num_workers=resources.num_workers,
-            use_gpu=resources.gpus_per_trial > 0,
+            use_gpu=use_gpu,
             resources_per_worker=per_worker,
             accelerator_type=resources.accelerator_type,
         ),
@@ -268,7 +373,7 @@ def best_checkpoint(result, metric: str = "eval_loss", mode: str = "min"):
     return pick(ranked, key=lambda pair: pair[1][metric])
 
 
-def fit_or_explain(trainer: TorchTrainer):
+def fit_or_explain(trainer: DataParallelTrainer):
     """`trainer.fit()`, with a failed run turned into one readable line."""
     from ray.train import TrainingFailedError
 

@@ -26,7 +26,7 @@ from lexiray.model import load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout
-from lexiray.trial import TRIAL_DRIVER_CPUS, TrainingData, TrialPlan, run_tune_trial
+from lexiray.trial import TRIAL_DRIVER_CPUS, TrainingData, TrialPlan, run_tune_trial, start_mailbox
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,8 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
     if layout.tensorboard_dir:
         console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
-    plan = TrialPlan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None)
+    plan = TrialPlan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None,
+                     mailbox=start_mailbox())
     tuner = tune.Tuner(
         _trainable(plan),
         param_space=build_param_space(config),
@@ -211,7 +212,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     console.print(f"resuming {layout.root}")
     tuner = tune.Tuner.restore(
         layout.root,
-        trainable=_trainable(TrialPlan(config, data, layout)),
+        trainable=_trainable(TrialPlan(config, data, layout, mailbox=start_mailbox())),
         resume_unfinished=True,
         resume_errored=retry_errored,
         restart_errored=False,

@@ -1,5 +1,5 @@
 """The Ray processes one trial's Train run starts, pinned: lexiray depends on Ray internals
-(`LeanTorchTrainer` drops Ray Data's DatasetManager actor through a private method), and an
+(`LeanTrainer` drops Ray Data's DatasetManager actor through a private method), and an
 upgrade that changes what a Train run starts must fail here instead of silently costing a
 process per trial."""
 
@@ -41,7 +41,7 @@ def test_a_train_run_starts_exactly_the_expected_ray_actors(tmp_path, no_ray_lef
     from ray.train.torch import TorchTrainer
 
     from lexiray.cluster import init_ray
-    from lexiray.trial import LeanTorchTrainer, TrainingData, WorkerSettings, build_torch_trainer
+    from lexiray.trial import LeanTrainer, TrainingData, WorkerSettings, build_torch_trainer
 
     config = load_config("smoke", ["training.max_steps=2", "training.save_steps=2", "training.eval_steps=2",
                                    "data.max_rows=60"])
@@ -54,7 +54,7 @@ def test_a_train_run_starts_exactly_the_expected_ray_actors(tmp_path, no_ray_lef
         build_torch_trainer(settings, storage_path=str(tmp_path), name="warm-up", worker_retries=0).fit()
         before = _actor_ids()
         trainer = build_torch_trainer(settings, storage_path=str(tmp_path), name="measured", worker_retries=0)
-        assert isinstance(trainer, LeanTorchTrainer)
+        assert isinstance(trainer, LeanTrainer)
         result = trainer.fit()
         assert result.metrics["step"] == 2
         assert _new_actors(ray, before) == ACTORS_PER_TRAIN_RUN
