@@ -377,12 +377,21 @@ def _draw(kind: str, args: list, rng: random.Random):
     return rng.choice(args)
 
 
+def _sampled(config: ExperimentConfig) -> dict[str, tuple[str, list]]:
+    return {key: parse_distribution(key, spec, "search") for key, spec in config.search.items()
+            if not isinstance(spec, str)}
+
+
+def search_is_finite(config: ExperimentConfig) -> bool:
+    """True when every searched setting is a choice or a grid (its points can be listed)."""
+    return all(kind in ("choice", "grid") for kind, _ in _sampled(config).values())
+
+
 def plan_samples(config: ExperimentConfig, count: int, seed: int = 0) -> list[dict]:
     """Every point of the search block when it is all choices (and grids), else `count`
     seeded draws from it; one empty sample when nothing is searched."""
-    sampled = {key: parse_distribution(key, spec, "search") for key, spec in config.search.items()
-               if not isinstance(spec, str)}
-    if all(kind in ("choice", "grid") for kind, _ in sampled.values()):
+    sampled = _sampled(config)
+    if search_is_finite(config):
         return [dict(zip(sampled, values)) for values in itertools.product(*(args for _, args in sampled.values()))]
     rng = random.Random(seed)
     return [{key: _draw(kind, args, rng) for key, (kind, args) in sampled.items()} for _ in range(count)]
