@@ -137,7 +137,8 @@ def plot_curves(rows: list[dict], location: str, title: str, metric: str = "eval
     axis.set_xlabel("training step")
     axis.set_ylabel(metric)
     axis.set_title(f"{title}: {metric} per trial")
-    axis.legend(fontsize=7)
+    if axis.lines:  # every trial may have been skipped: no curve to label
+        axis.legend(fontsize=7)
     figure.tight_layout()
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=110)
