@@ -271,9 +271,10 @@ def plan(
     for trial in trials:
         estimate = trial.estimate
         verdict = "" if budget is None else ("  OVER BUDGET" if estimate.total_gb > budget else "  fits")
-        console.print(f"  {trial.label:<{width}}  peak {estimate.total_gb:5.1f} GB  (weights {estimate.weights_gb:.1f}, "
-                      f"LoRA {estimate.lora_gb:.2f}, train step {estimate.activations_gb + estimate.logits_gb:.1f}"
-                      f" / eval step {estimate.eval_logits_gb:.1f}, CUDA {estimate.cuda_context_gb:.1f}){verdict}",
+        console.print(f"  {trial.label:<{width}}  peak {estimate.total_gb:5.1f} GB  "
+                      f"(weights {estimate.weights_gb:.1f}, LoRA {estimate.lora_gb:.2f}, "
+                      f"train step {estimate.activations_gb + estimate.logits_gb:.1f} / "
+                      f"eval step {estimate.eval_logits_gb:.1f}, CUDA {estimate.cuda_context_gb:.1f}){verdict}",
                       markup=False)
     console.print(_projection_line(settings, shape), markup=False)
 

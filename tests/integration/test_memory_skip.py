@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_trials_over_the_memory_budget_are_skipped_not_trained(tmp_path, no_ray_leftovers):
-    result = run_cli(["tune", "--num-samples", "2", "--set", "data.max_rows=100", "--set", "resources.gpu_memory_gb=0.01",
+    result = run_cli(["tune", "--num-samples", "2", "--set", "data.max_rows=100",
+                      "--set", "resources.gpu_memory_gb=0.01",  # the tiny model's estimate is ~0.1 GB
                       "--storage-path", str(tmp_path / "results"), "--name", "tight"], cwd=tmp_path, check=True)
     root = tmp_path / "results" / "tight"
     assert result.stdout.count("skipped: estimated peak memory") == 2
