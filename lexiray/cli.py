@@ -246,6 +246,88 @@ def presets(debug: bool = DebugOption):
 
 
 @app.command()
+def plan(
+    config: Optional[str] = ConfigOption,
+    set_: Optional[List[str]] = SetOption,
+    samples: Optional[int] = typer.Option(None, "--samples", "-n", min=1, help="Configurations to draw when the "
+                                          "search is not all choices (default: tune.num_samples)"),
+    debug: bool = DebugOption,
+):
+    """Pre-flight: each searched configuration's estimated peak GPU memory against the budget,
+    and the projected wall time of a full run. Offline; nothing is trained."""
+    from lexiray import memory
+
+    settings = _load(config, set_)
+    shape = memory.model_shape(settings.model.name, settings.model.revision)
+    count = samples or settings.tune.num_samples
+    seed = settings.tune.seed or 0
+    trials = memory.plan_trials(settings, count, seed)
+    how = "every point of the search" if memory.search_is_finite(settings) else f"a seeded sample (seed {seed})"
+    console.print(f"lexiray plan: {settings.name} — {settings.model.name} ({_count(shape.parameters)} parameters, "
+                  f"vocab {shape.vocab_size}), {len(trials)} configurations: {how}", markup=False)
+    budget = memory.gpu_memory_budget_gb(settings)
+    console.print(_budget_line(settings, budget), markup=False)
+    width = max(len(trial.label) for trial in trials)
+    for trial in trials:
+        estimate = trial.estimate
+        verdict = "" if budget is None else ("  OVER BUDGET" if estimate.total_gb > budget else "  fits")
+        console.print(f"  {trial.label:<{width}}  peak {estimate.total_gb:5.1f} GB  "
+                      f"(weights {estimate.weights_gb:.1f}, LoRA {estimate.lora_gb:.2f}, "
+                      f"train step {estimate.activations_gb + estimate.logits_gb:.1f} / "
+                      f"eval step {estimate.eval_logits_gb:.1f}, CUDA {estimate.cuda_context_gb:.1f}){verdict}",
+                      markup=False)
+    console.print(_projection_line(settings, shape), markup=False)
+
+
+def _budget_line(settings, budget: Optional[float]) -> str:
+    if budget is not None:
+        return f"GPU memory budget per trial: {budget:.1f} GB"
+    if settings.resources.gpus_per_trial <= 0:
+        return "GPU memory budget: none (CPU trials: the estimates are the tensors' share of process memory)"
+    return ("GPU memory budget: unknown (no GPU here and no resources.accelerator_type): set "
+            "resources.gpu_memory_gb, or e.g. --set resources.accelerator_type=T4")
+
+
+def _projection_line(settings, shape) -> str:
+    """A full run of the base config at the guide's T4 throughput, where it has a row for it."""
+    from lexiray import memory
+    from lexiray.data import load_records
+
+    training = settings.training
+    if training.max_steps > 0:
+        train_rows = 0  # not needed: max_steps fixes the samples
+    else:
+        try:
+            rows = len(load_records(settings.data.path)[: settings.data.max_rows])
+        except LexirayError as error:
+            return f"full run: unknown ({error})"
+        train_rows = rows if settings.data.eval_path else round(rows * (1 - settings.data.eval_fraction))
+    total = memory.full_run_samples(settings, train_rows)
+    what = (f"{training.max_steps} steps x {training.effective_batch_size}" if training.max_steps > 0
+            else f"{training.num_train_epochs:g} epochs of ~{train_rows} rows")
+    rate = memory.expected_samples_per_second(settings, shape)
+    if rate is None:
+        return (f"full run of the base config ({what} = {total} samples): wall time unknown — the guide's "
+                "throughput table covers Qwen2.5-0.5B / 1.5B at seq 512 / 768 on a T4 only")
+    workers = settings.resources.num_workers  # ideal data-parallel scaling
+    slow, fast = (total / (rate[0] * workers), total / (rate[1] * workers))
+    return (f"full run of the base config ({what} = {total} samples): {_duration(fast)}–{_duration(slow)} "
+            f"at {rate[0]:g}–{rate[1]:g} samples/s per T4 (the training guide's table)")
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:.2f}B" if parameters >= 1e9 else f"{parameters / 1e6:.0f}M"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@app.command()
 def report(
     path: str = typer.Argument(..., help="Experiment folder (storage_path/name)"),
     debug: bool = DebugOption,

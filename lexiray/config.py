@@ -127,6 +127,9 @@ class ResourceSettings(Section):
     gpus_per_trial: float = Field(0.0, ge=0)
     accelerator_type: str | None = None  # e.g. "T4": schedule trials only on such GPUs
     num_workers: int = Field(1, gt=0)  # Ray Train workers per trial (data parallel)
+    # GPU memory one trial may use (GB): trials estimated over it are skipped, not trained.
+    # None: its GPU's, from accelerator_type or the GPUs seen (lexiray.memory).
+    gpu_memory_gb: float | None = Field(None, gt=0)
 
 
 class TuneSettings(Section):

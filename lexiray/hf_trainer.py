@@ -25,6 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
 from lexiray.data import PadCollator
+from lexiray.memory import mfu
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
@@ -110,11 +111,14 @@ def peak_memory_mb() -> float:
 
 class ThroughputMeter(TrainerCallback):
     """Times the training steps (not evaluations or saves): samples/s, non-pad tokens/s,
-    steps/s, peak memory, and how long the process took to reach its first step."""
+    steps/s, peak memory, how long the process took to reach its first step, the whole
+    run's projected wall time, and MFU when the device's peak is known (lexiray.memory)."""
 
     def __init__(self, started_at: float | None = None, clock: Callable[[], float] = time.perf_counter,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, flops_per_token: float | None = None,
+                 peak_flops: float | None = None):
         self.started_at = started_at  # wall time the trial was launched, for startup_s
+        self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # per device
         self.clock, self.wall_clock = clock, wall_clock
         self.train_seconds = 0.0
         self.step_began: float | None = None
@@ -158,6 +162,11 @@ class ThroughputMeter(TrainerCallback):
             metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_clock)
         if self.first_step_at is not None:
             metrics["first_step_at"] = self.first_step_at  # wall clock: benchmarks line trials up
+        if steps > 0:  # the whole run at the rate so far (evaluations and saves included when measured)
+            rate = metrics.get("phase_steps_per_second", metrics["steps_per_second"])
+            metrics["projected_wall_s"] = state.max_steps / rate
+        if self.flops_per_token and self.peak_flops:  # every device of the run counts toward the peak
+            metrics["mfu"] = mfu(metrics["tokens_per_second"], self.flops_per_token, self.peak_flops * args.world_size)
         if self.started_at is not None and self.first_step_at is not None:
             metrics["startup_s"] = self.first_step_at - self.started_at
         metrics["reported_at"] = self.wall_clock()

@@ -29,7 +29,7 @@ class PrintTrialProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         loss = result.get("eval_loss")
-        if loss is None:
+        if loss is None or result.get("skipped_memory"):  # a skipped trial's loss is NaN
             return
         total = result.get("total_steps", self.max_t)
         marker = ""
@@ -42,6 +42,10 @@ class PrintTrialProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
+        if last.get("skipped_memory"):
+            _console().print(f"[cyan]{trial.trial_id}[/] [yellow]skipped[/]: estimated peak memory "
+                             f"{last['estimated_memory_gb']} GB, over the {last['memory_budget_gb']} GB budget")
+            return
         step, total = last.get("step"), last.get("total_steps", self.max_t)
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
         _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  "

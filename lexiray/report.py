@@ -22,7 +22,7 @@ from lexiray.tune import TuningRun
 LEADERBOARD_COLUMNS = [
     "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",
     "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "samples_per_second",
-    "tokens_per_second", "peak_memory_mb", "wall_time_s", "best_checkpoint",
+    "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s", "best_checkpoint",
 ]
 
 
@@ -65,6 +65,8 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
     steps = int(max((r.get("step") or 0) for r in record.reports)) if record.reports else 0
     if record.tune_status == "ERROR":
         status = "ERROR"
+    elif last.get("skipped_memory"):
+        status = "SKIPPED"  # estimated over its GPU's memory: never trained
     elif total and steps >= total:
         status = "DONE"
     elif record.tune_status == "TERMINATED":
@@ -88,6 +90,7 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
         "samples_per_second": last.get("samples_per_second"),
         "tokens_per_second": last.get("tokens_per_second"),
         "peak_memory_mb": last.get("peak_memory_mb"),
+        "estimated_memory_gb": last.get("estimated_memory_gb"),
         "wall_time_s": last.get("time_total_s"),
         "best_checkpoint": best.get("checkpoint_path"),
         "sample": record.sample,
@@ -134,7 +137,8 @@ def plot_curves(rows: list[dict], location: str, title: str, metric: str = "eval
     axis.set_xlabel("training step")
     axis.set_ylabel(metric)
     axis.set_title(f"{title}: {metric} per trial")
-    axis.legend(fontsize=7)
+    if axis.lines:  # every trial may have been skipped: no curve to label
+        axis.legend(fontsize=7)
     figure.tight_layout()
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=110)
@@ -157,6 +161,7 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "trials": len(rows),
         "stopped_early": sum(r["stopped_early"] for r in rows),
         "errored": sum(r["status"] == "ERROR" for r in rows),
+        "skipped_memory": sum(r["status"] == "SKIPPED" for r in rows),
         "total_steps_trained": sum(r["steps"] for r in rows),
         "wall_time_s": wall_time_s,
         "best": {k: v for k, v in rows[0].items() if k != "history"} if rows else None,
@@ -188,8 +193,11 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
         return "-" if value is None else format(value, fmt)
 
     for row in summary["leaderboard"][:top]:
+        status = row["status"].lower()
+        if row.get("estimated_memory_gb") is not None:
+            status += f" (est. {row['estimated_memory_gb']:.1f} GB)"
         table.add_row(
-            str(row["rank"]), row["trial_id"], row["status"].lower(), number(row.get(metric), ".4f"),
+            str(row["rank"]), row["trial_id"], status, number(row.get(metric), ".4f"),
             f"{row['steps']}/{row['total_steps'] or '?'}", number(row["learning_rate"], ".2e"),
             str(row["lora_r"]), str(row["lora_alpha"]), f"{row['batch_size']}×{row['grad_accum']}",
             number(row["samples_per_second"], ".1f"), number(row["tokens_per_second"], ".0f"),
@@ -228,8 +236,9 @@ def finish_experiment(run: TuningRun, console) -> dict:
     summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s)
     print_leaderboard(summary, console, top=config.report.top)
     best = summary.get("best")
+    skipped = f"{summary['skipped_memory']} skipped over the GPU memory budget, " if summary["skipped_memory"] else ""
     console.print(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by "
-                  f"{config.tune.scheduler.upper()}, {summary['errored']} errored, "
+                  f"{config.tune.scheduler.upper()}, {summary['errored']} errored, {skipped}"
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
     if best and best.get("best_checkpoint"):
         destination = export_trial(layout)

@@ -5,7 +5,8 @@ The flow of one tuning trial, each integration point numbered where it happens:
   Tune's trial actor ─► run_tune_trial(sample, plan)          (the per-trial driver)
       1. the trial's config = the experiment's config + this sample
       2. a trial that finished before a driver restart replays its results, never retrains
-      3. its resolved config is saved where it runs
+      3. its resolved config is saved where it runs; a sample estimated over its GPU's
+         memory (lexiray.memory) stops here, recorded as skipped
       4. one Ray Train run named by the trial id, reporting to Tune ─► build_torch_trainer
   each Ray Train worker ─► train_worker(settings)
       5. threads and precision for the hardware this worker got
@@ -53,6 +54,7 @@ from lexiray.cluster import check_resources, init_ray
 from lexiray.config import ExperimentConfig, apply_sample
 from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
+from lexiray.memory import mfu_inputs, over_budget
 from lexiray.model import build_peft_model, choose_precision, detect_hardware, load_tokenizer
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
@@ -192,6 +194,12 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         return
     # 3. Saved where it runs, so the report never has to re-derive it.
     storage.write_trial_config(plan.layout, trial_id, config)
+    # 3b. A sample whose estimated peak memory is over its GPU's would only run out of
+    #     memory: it is not trained, it is recorded as skipped with its estimate.
+    over = over_budget(config)
+    if over is not None:
+        skip_over_budget(plan.layout, trial_id, config.tune.metric, *over)
+        return
     chaos = plan.chaos if plan.chaos and plan.chaos.hits_trial(trial_id) else None
     settings = WorkerSettings(
         config=config,
@@ -221,6 +229,16 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     finally:
         if plan.mailbox is not None:
             plan.mailbox.forget.remote(mailbox_key)
+
+
+def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estimate_gb: float,
+                     budget_gb: float) -> None:
+    """One Tune result that says the trial was skipped, then its finished record. Tune
+    refuses a result without the scheduler's metric: NaN, which ranks the trial last."""
+    result = {"skipped_memory": 1, "estimated_memory_gb": round(estimate_gb, 2),
+              "memory_budget_gb": round(budget_gb, 2), metric: float("nan")}
+    ray.tune.report(result)
+    storage.mark_finished(layout, trial_id, result)
 
 
 class LeanTrainer(DataParallelTrainer):
@@ -332,7 +350,8 @@ def train_worker(settings: WorkerSettings) -> None:
     checkpoint = ray.train.get_checkpoint()
     # 8. The HF Trainer. Callback order matters: the chaos kill inside a save strikes
     #    before the report persists that checkpoint.
-    throughput = hf_trainer.ThroughputMeter(settings.started_at)
+    throughput = hf_trainer.ThroughputMeter(
+        settings.started_at, **mfu_inputs(config, model.config.to_dict(), hardware.gpu_name, precision))
     callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep()]
     if settings.chaos:
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
