@@ -62,6 +62,11 @@ class DataSettings(Section):
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
     length_coverage: float = Field(0.95, gt=0, le=1)
     max_rows: int | None = Field(None, gt=0)
+    # How a training batch is laid out (evaluation always pads): "none" pads each batch to its
+    # longest row; "group_by_length" batches rows of similar length (less padding, a different
+    # sample order); "padding_free" concatenates a batch's rows into one row with no padding,
+    # each row attending only to itself (same samples and loss as "none", fewer tokens computed).
+    packing: Literal["none", "group_by_length", "padding_free"] = "none"
     system_prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SYSTEM_PROMPTS))
     default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
 

@@ -24,10 +24,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
-from lexiray.data import PadCollator
+from lexiray.data import PadCollator, PaddingFreeCollator
+from lexiray.errors import ConfigError
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
+# Attention implementations that read restarting position_ids as sequence boundaries, so a
+# padding-free row's samples never attend to each other (transformers 5: masking_utils builds a
+# block-diagonal mask for sdpa / eager / flex; flash attention, batch 1, runs its varlen kernel).
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
+                    "flash_attention_4")
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -67,7 +73,11 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
         use_cpu=not cuda,
         dataloader_num_workers=workers,
         dataloader_prefetch_factor=training.dataloader_prefetch_factor if workers > 0 else None,
-        include_num_input_tokens_seen="non_padding",
+        # HF counts non-pad tokens from the attention mask; a padding-free row has no mask
+        # and no padding, so all its tokens count.
+        include_num_input_tokens_seen="all" if config.data.packing == "padding_free" else "non_padding",
+        train_sampling_strategy="group_by_length" if config.data.packing == "group_by_length" else "random",
+        length_column_name="length",
         report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
         disable_tqdm=True,
         seed=training.seed,
@@ -79,21 +89,57 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
 def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval_set, output_dir: str,
                      precision: str, cuda: bool, eval_on_start: bool = False,
                      callbacks: list[TrainerCallback] | tuple = (), model_init=None) -> Trainer:
-    """A HF `Trainer` for the config: padded batches of the model columns, the given
-    callbacks, and no raw log-dict printing (`PrintTrainingProgress` prints a clean line).
+    """A HF `Trainer` for the config: training batches laid out as `data.packing` says
+    (evaluation batches are always padded), the given callbacks, and no raw log-dict
+    printing (`PrintTrainingProgress` prints a clean line).
     Pass `model=None, model_init=...` for HF's own `hyperparameter_search` (benchmarks)."""
+    packing = config.data.packing
+    if packing == "padding_free" and model is not None:
+        check_padding_free_support(model)
+    # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
+    columns = MODEL_COLUMNS + ["length"] if packing == "group_by_length" else MODEL_COLUMNS
     trainer = Trainer(
         model=model,
         model_init=model_init,
         args=training_arguments(config, output_dir, precision, cuda, eval_on_start),
-        train_dataset=train_set.select_columns(MODEL_COLUMNS),
-        eval_dataset=eval_set.select_columns(MODEL_COLUMNS),
+        train_dataset=train_set.select_columns(columns),
+        eval_dataset=eval_set.select_columns(columns),
         data_collator=PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)
+    if packing == "padding_free":
+        trainer.get_train_dataloader = _with_collator(trainer, trainer.get_train_dataloader, PaddingFreeCollator())
     return trainer
+
+
+def _with_collator(trainer: Trainer, make_dataloader: Callable, collator: Callable) -> Callable:
+    """`make_dataloader` building its loader with `collator` instead of the trainer's own
+    (HF has one collator for training and evaluation; the loader keeps the one it was built with)."""
+
+    def make() -> object:
+        kept, trainer.data_collator = trainer.data_collator, collator
+        try:
+            return make_dataloader()
+        finally:
+            trainer.data_collator = kept
+
+    return make
+
+
+def check_padding_free_support(model) -> None:
+    """Refuse a model whose attention would let a padding-free row's samples see each other."""
+    implementation = model.config._attn_implementation
+    if implementation not in PACKED_ATTENTION:
+        raise ConfigError(
+            f"data.packing=padding_free needs an attention implementation that honours packed "
+            f"position_ids ({', '.join(PACKED_ATTENTION)}); this model uses {implementation!r}: "
+            "load it with one of those or use data.packing=none or group_by_length"
+        )
+    if model.config.use_cache:  # transformers skips the packed-sequence mask when a KV cache exists
+        raise ConfigError("data.packing=padding_free needs model.config.use_cache=False while training "
+                          "(lexiray.model.build_peft_model sets it)")
 
 
 # --------------------------------------------------------------------------- callbacks
