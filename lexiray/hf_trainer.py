@@ -18,7 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 import ray.train
-from transformers import Trainer, TrainerCallback, TrainingArguments
+import torch
+from transformers import AttentionInterface, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -29,11 +32,13 @@ from lexiray.errors import ConfigError
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
+# lexiray's sdpa for padding-free rows (`packed_sdpa_attention`), registered with transformers.
+PACKED_SDPA = "lexiray_packed_sdpa"
 # Attention implementations that read restarting position_ids as sequence boundaries, so a
 # padding-free row's samples never attend to each other (transformers 5: masking_utils builds a
 # block-diagonal mask for sdpa / eager / flex; flash attention, batch 1, runs its varlen kernel).
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
-                    "flash_attention_4")
+                    "flash_attention_4", PACKED_SDPA)
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -96,6 +101,8 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
     packing = config.data.packing
     if packing == "padding_free" and model is not None:
         check_padding_free_support(model)
+        if model.config._attn_implementation == "sdpa":
+            use_packed_sdpa(model)
     # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
     columns = MODEL_COLUMNS + ["length"] if packing == "group_by_length" else MODEL_COLUMNS
     trainer = Trainer(
@@ -142,13 +149,40 @@ def check_padding_free_support(model) -> None:
                           "(lexiray.model.build_peft_model sets it)")
 
 
+def use_packed_sdpa(model) -> None:
+    """Switch an sdpa model to `packed_sdpa_attention` (same results, Σ L² attention scores)."""
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)  # the masks sdpa gets, padded or packed
+    model.set_attn_implementation(PACKED_SDPA)
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    """transformers' sdpa run on each sample of a padding-free row on its own.
+
+    For a packed row transformers builds a block-diagonal causal mask, and plain sdpa computes
+    all (Σ L)² scores of the row, most of them masked: on CPU, and on GPUs without flash
+    attention (a T4), that ate most of what dropping the padding saved. Each sample's diagonal
+    block of the mask, with its queries, keys and values, is exactly what that sample attends
+    to, so sdpa over each block alone gives the same result with Σ L² scores. Anything else
+    (a padded batch, one sequence, a KV cache) is plain sdpa."""
+    packed_row = (attention_mask is not None and position_ids is not None and query.shape[0] == 1
+                  and attention_mask.dim() == 4 and query.shape[2] == key.shape[2])
+    if not packed_row:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, position_ids=position_ids, **kwargs)
+    positions = position_ids[0]
+    # the rule of transformers' find_packed_sequence_indices: a sample starts where positions skip
+    starts = [0] + ((positions[1:] != positions[:-1] + 1).nonzero().flatten() + 1).tolist() + [query.shape[2]]
+    outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                      attention_mask[..., start:end, start:end], **kwargs)[0]
+               for start, end in zip(starts[:-1], starts[1:])]
+    return torch.cat(outputs, dim=1), None  # sdpa_attention_forward returns (batch, sequence, heads, dim)
+
+
 # --------------------------------------------------------------------------- callbacks
 
 
 def peak_memory_mb() -> float:
     """Peak GPU memory of this process when on CUDA, else its peak resident memory."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB

@@ -10,9 +10,9 @@ from transformers import AttentionInterface, AutoModelForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from lexiray.config import load_config
-from lexiray.data import PaddingFreeCollator, prepare_data
+from lexiray.data import PadCollator, PaddingFreeCollator, prepare_data
 from lexiray.errors import ConfigError
-from lexiray.hf_trainer import build_hf_trainer
+from lexiray.hf_trainer import PACKED_SDPA, build_hf_trainer, use_packed_sdpa
 from lexiray.model import build_peft_model, load_tokenizer, resolve_model_path
 
 STEPS = 3
@@ -44,8 +44,11 @@ def features(prepared):
 
 
 def tiny_model(attn_implementation: str):
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny"), attn_implementation=attn_implementation)
+    loaded_as = "sdpa" if attn_implementation == PACKED_SDPA else attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny"), attn_implementation=loaded_as)
     model.config.use_cache = False  # as lexiray.model.build_peft_model trains it
+    if attn_implementation == PACKED_SDPA:
+        use_packed_sdpa(model)
     return model.eval()
 
 
@@ -58,11 +61,21 @@ def packed_and_single_logits(model, features):
     return pieces, singles
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", PACKED_SDPA])
 def test_a_packed_row_computes_each_sample_as_if_alone(features, attn_implementation):
-    pieces, singles = packed_and_single_logits(tiny_model(attn_implementation), features)
+    model = tiny_model(attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
+    pieces, singles = packed_and_single_logits(model, features)
     for piece, single in zip(pieces, singles):
         torch.testing.assert_close(piece, single, atol=1e-4, rtol=1e-4)
+
+
+def test_lexiray_packed_sdpa_is_plain_sdpa_on_padded_batches(features):
+    padded = PadCollator(0)(features)
+    with torch.no_grad():
+        plain = tiny_model("sdpa")(**padded).logits
+        lexiray = tiny_model(PACKED_SDPA)(**padded).logits
+    assert torch.equal(plain, lexiray)
 
 
 def test_without_the_restarting_positions_the_samples_would_mix(features):
@@ -108,6 +121,7 @@ def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenize
     padded, padded_losses = train_briefly(smoke_config(), tokenizer, prepared, tmp_path / "none")
     packed, packed_losses = train_briefly(smoke_config("data.packing=padding_free"), tokenizer, prepared,
                                           tmp_path / "padding_free")
+    assert packed.model.config._attn_implementation == PACKED_SDPA  # the model loaded with sdpa
     batch = next(iter(packed.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # the training rows were packed
     # Same rows in the same order: the non-pad tokens counted are equal, and real.
@@ -181,7 +195,7 @@ def test_packing_defaults_to_padded_batches():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "flash_attention_2"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", PACKED_SDPA, "flash_attention_2"])
 def test_a_packed_row_computes_each_sample_as_if_alone_on_gpu(features, attn_implementation):
     if attn_implementation == "flash_attention_2":
         pytest.importorskip("flash_attn")
