@@ -101,6 +101,9 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
     packing = config.data.packing
     if packing == "padding_free" and model is not None:
         check_padding_free_support(model)
+        # With a KV cache transformers skips the packed-sequence mask (masking_utils), and a
+        # row's samples would attend to each other; training never uses the cache.
+        model.config.use_cache = False
         if model.config._attn_implementation == "sdpa":
             use_packed_sdpa(model)
     # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
@@ -144,9 +147,6 @@ def check_padding_free_support(model) -> None:
             f"position_ids ({', '.join(PACKED_ATTENTION)}); this model uses {implementation!r}: "
             "load it with one of those or use data.packing=none or group_by_length"
         )
-    if model.config.use_cache:  # transformers skips the packed-sequence mask when a KV cache exists
-        raise ConfigError("data.packing=padding_free needs model.config.use_cache=False while training "
-                          "(lexiray.model.build_peft_model sets it)")
 
 
 def use_packed_sdpa(model) -> None:

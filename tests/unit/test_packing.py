@@ -118,7 +118,7 @@ def train_briefly(config, tokenizer, prepared, output_dir):
 
 
 def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenizer, prepared, tmp_path):
-    padded, padded_losses = train_briefly(smoke_config(), tokenizer, prepared, tmp_path / "none")
+    padded, padded_losses = train_briefly(smoke_config("data.packing=none"), tokenizer, prepared, tmp_path / "none")
     packed, packed_losses = train_briefly(smoke_config("data.packing=padding_free"), tokenizer, prepared,
                                           tmp_path / "padding_free")
     assert packed.model.config._attn_implementation == PACKED_SDPA  # the model loaded with sdpa
@@ -134,7 +134,7 @@ def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenize
     assert packed_losses == pytest.approx(padded_losses, rel=1e-4)
     # Evaluation is padded in both modes: the same model evaluates the same either way.
     assert "position_ids" not in next(iter(packed.get_eval_dataloader()))
-    same_model_padded = build_hf_trainer(smoke_config(), packed.model, tokenizer, prepared.train, prepared.eval,
+    same_model_padded = build_hf_trainer(smoke_config("data.packing=none"), packed.model, tokenizer, prepared.train, prepared.eval,
                                          str(tmp_path / "eval"), "fp32", cuda=False)
     assert packed.evaluate()["eval_loss"] == same_model_padded.evaluate()["eval_loss"]
 
@@ -149,18 +149,39 @@ def test_an_attention_that_ignores_packed_positions_is_refused(tokenizer, prepar
     with pytest.raises(ConfigError, match=r"data\.packing=padding_free .*'lexiray_test_plain_sdpa'"):
         build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path), "fp32", cuda=False)
     # the same model trains with padded batches
-    padded = build_hf_trainer(smoke_config(), model, tokenizer, prepared.train, prepared.eval, str(tmp_path),
+    padded = build_hf_trainer(smoke_config("data.packing=none"), model, tokenizer, prepared.train, prepared.eval, str(tmp_path),
                               "fp32", cuda=False)
     assert padded.args.max_steps == STEPS
 
 
-def test_a_model_with_a_kv_cache_is_refused(tokenizer, prepared, tmp_path):
-    # With a cache transformers skips the packed-sequence mask (masking_utils), so samples would mix.
-    config = smoke_config("data.packing=padding_free")
+def test_padding_free_training_turns_the_kv_cache_off(features, tokenizer, prepared, tmp_path):
+    # With a cache transformers skips the packed-sequence mask (masking_utils): samples would mix.
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path("tiny")).eval()
+    assert model.config.use_cache
+    batch = PaddingFreeCollator()(features)
+    with torch.no_grad():
+        cached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    build_hf_trainer(smoke_config("data.packing=padding_free"), model, tokenizer, prepared.train, prepared.eval,
+                     str(tmp_path), "fp32", cuda=False)
+    assert not model.config.use_cache
+    with torch.no_grad():
+        uncached = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    assert (cached - uncached).abs().max() > 1e-2
+
+
+def test_a_padding_free_run_resumes_where_it_stopped(tokenizer, prepared, tmp_path):
+    """HF skips the batches a checkpoint already trained on; the padding-free loader too."""
+    config = smoke_config("data.packing=padding_free", "training.max_steps=4", "training.save_steps=2",
+                          "training.eval_steps=2")
+    whole, whole_losses = train_briefly(config, tokenizer, prepared, tmp_path / "whole")
+    torch.manual_seed(0)
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
-    model.config.use_cache = True
-    with pytest.raises(ConfigError, match=r"data\.packing=padding_free .*use_cache=False"):
-        build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path), "fp32", cuda=False)
+    resumed = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path / "resumed"),
+                               "fp32", cuda=False)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-2"))
+    resumed_losses = [entry["loss"] for entry in resumed.state.log_history if "loss" in entry]
+    assert resumed.state.num_input_tokens_seen == whole.state.num_input_tokens_seen
+    assert resumed_losses[-2:] == pytest.approx(whole_losses[-2:], rel=1e-5)
 
 
 def padding_share(dataloader) -> float:
@@ -172,7 +193,7 @@ def padding_share(dataloader) -> float:
 
 
 def test_group_by_length_batches_rows_of_similar_length(tokenizer, prepared, tmp_path):
-    config = smoke_config("training.per_device_train_batch_size=8")
+    config = smoke_config("training.per_device_train_batch_size=8", "data.packing=none")
     model = tiny_model("sdpa")
     plain = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path), "fp32",
                              cuda=False)
@@ -186,9 +207,9 @@ def test_group_by_length_batches_rows_of_similar_length(tokenizer, prepared, tmp
     assert padding_share(grouped.get_train_dataloader()) < 0.5 * padding_share(plain.get_train_dataloader())
 
 
-def test_packing_defaults_to_padded_batches():
+def test_packing_defaults_to_padding_free():
     config = load_config("smoke")
-    assert config.data.packing == "none"
+    assert config.data.packing == "padding_free"
     with pytest.raises(ConfigError, match="data.packing"):
         load_config("smoke", ["data.packing=pack"])
 
