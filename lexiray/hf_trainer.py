@@ -9,6 +9,7 @@ imports it only inside the worker function, never in the per-trial driver proces
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shutil
@@ -82,7 +83,6 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
         # and no padding, so all its tokens count.
         include_num_input_tokens_seen="all" if config.data.packing == "padding_free" else "non_padding",
         train_sampling_strategy="group_by_length" if config.data.packing == "group_by_length" else "random",
-        length_column_name="length",
         report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
         disable_tqdm=True,
         seed=training.seed,
@@ -100,12 +100,9 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
     Pass `model=None, model_init=...` for HF's own `hyperparameter_search` (benchmarks)."""
     packing = config.data.packing
     if packing == "padding_free" and model is not None:
-        check_padding_free_support(model)
-        # With a KV cache transformers skips the packed-sequence mask (masking_utils), and a
-        # row's samples would attend to each other; training never uses the cache.
-        model.config.use_cache = False
-        if model.config._attn_implementation == "sdpa":
-            use_packed_sdpa(model)
+        prepare_for_padding_free(model)
+    if packing == "padding_free" and model_init is not None:
+        model_init = _then(model_init, prepare_for_padding_free)
     # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
     columns = MODEL_COLUMNS + ["length"] if packing == "group_by_length" else MODEL_COLUMNS
     trainer = Trainer(
@@ -138,8 +135,20 @@ def _with_collator(trainer: Trainer, make_dataloader: Callable, collator: Callab
     return make
 
 
-def check_padding_free_support(model) -> None:
-    """Refuse a model whose attention would let a padding-free row's samples see each other."""
+def _then(model_init: Callable, prepare: Callable) -> Callable:
+    """`model_init` followed by `prepare`; its signature stays model_init's (HF passes the
+    trial only to a model_init that takes one)."""
+
+    @functools.wraps(model_init)
+    def init(*trial):
+        return prepare(model_init(*trial))
+
+    return init
+
+
+def prepare_for_padding_free(model):
+    """The model, ready to train padding-free rows: its attention checked (refused when it
+    would let a row's samples see each other), no KV cache, lexiray's packed sdpa for sdpa."""
     implementation = model.config._attn_implementation
     if implementation not in PACKED_ATTENTION:
         raise ConfigError(
@@ -147,6 +156,12 @@ def check_padding_free_support(model) -> None:
             f"position_ids ({', '.join(PACKED_ATTENTION)}); this model uses {implementation!r}: "
             "load it with one of those or use data.packing=none or group_by_length"
         )
+    # With a KV cache transformers skips the packed-sequence mask (masking_utils), and a row's
+    # samples would attend to each other; training never uses the cache.
+    model.config.use_cache = False
+    if implementation == "sdpa":
+        use_packed_sdpa(model)
+    return model
 
 
 def use_packed_sdpa(model) -> None:
