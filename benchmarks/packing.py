@@ -3,7 +3,8 @@
 The embedded default (tiny model, bundled LexiLingo sample) trained by the same HF Trainer
 (`build_hf_trainer`) for the same steps and batch in each mode: `none` pads every batch to
 its longest row, `group_by_length` batches rows of similar length, `padding_free`
-concatenates a batch's rows into one unpadded row. The modes run in alternating order
+concatenates a batch's rows into one unpadded row (attention: lexiray_packed_sdpa, sdpa per
+sample). The modes run in alternating order
 (none, group_by_length, padding_free, then backwards, ...) so a change in machine load
 hits them alike; each mode's rate is its non-pad tokens over its training-step seconds.
 Target: padding_free >= 1.5x the non-pad tokens/s of `none`.

@@ -20,8 +20,9 @@ BATCH = 4
 
 
 def smoke_config(*overrides: str):
-    return load_config("smoke", ["search={}", f"training.max_steps={STEPS}", f"training.per_device_train_batch_size={BATCH}",
-                                 "training.logging_steps=1", "data.max_rows=160", *overrides])
+    return load_config("smoke", ["search={}", f"training.max_steps={STEPS}",
+                                 f"training.per_device_train_batch_size={BATCH}", "training.logging_steps=1",
+                                 "data.max_rows=160", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -136,24 +137,30 @@ def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenize
     assert packed_losses == pytest.approx(padded_losses, rel=1e-5)
     # Evaluation is padded in both modes: the same model evaluates the same either way.
     assert "position_ids" not in next(iter(packed.get_eval_dataloader()))
-    same_model_padded = build_hf_trainer(smoke_config("data.packing=none"), packed.model, tokenizer, prepared.train, prepared.eval,
-                                         str(tmp_path / "eval"), "fp32", cuda=False)
+    same_model_padded = build_hf_trainer(smoke_config("data.packing=none"), packed.model, tokenizer,
+                                         prepared.train, prepared.eval, str(tmp_path / "eval"), "fp32", cuda=False)
     assert packed.evaluate()["eval_loss"] == same_model_padded.evaluate()["eval_loss"]
 
 
-def test_an_attention_that_ignores_packed_positions_is_refused(tokenizer, prepared, tmp_path):
+def test_an_attention_that_ignores_packed_positions_is_refused(features, tokenizer, prepared, tmp_path):
     # A custom attention registered the way users add kernels: transformers builds it no
-    # packed-sequence mask, so a padding-free row would attend across its samples.
+    # packed-sequence mask, so a padding-free row attends across its samples.
     AttentionInterface.register("lexiray_test_plain_sdpa", sdpa_attention_forward)
+    unaware = tiny_model("sdpa")
+    unaware.set_attn_implementation("lexiray_test_plain_sdpa")
+    pieces, singles = packed_and_single_logits(unaware, features)
+    assert (pieces[1] - singles[1]).abs().max() > 1e-2
+
     config = smoke_config("data.packing=padding_free")
     model = build_peft_model(config.model, config.lora, config.training, "fp32")
     model.set_attn_implementation("lexiray_test_plain_sdpa")
     with pytest.raises(ConfigError, match=r"data\.packing=padding_free .*'lexiray_test_plain_sdpa'"):
         build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, str(tmp_path), "fp32", cuda=False)
     # the same model trains with padded batches
-    padded = build_hf_trainer(smoke_config("data.packing=none"), model, tokenizer, prepared.train, prepared.eval, str(tmp_path),
-                              "fp32", cuda=False)
-    assert padded.args.max_steps == STEPS
+    padded = build_hf_trainer(smoke_config("data.packing=none"), model, tokenizer, prepared.train, prepared.eval,
+                              str(tmp_path), "fp32", cuda=False)
+    padded.train()
+    assert padded.state.global_step == STEPS
 
 
 def test_padding_free_training_turns_the_kv_cache_off(features, tokenizer, prepared, tmp_path):
