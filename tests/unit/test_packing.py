@@ -118,12 +118,16 @@ def train_briefly(config, tokenizer, prepared, output_dir):
     return trainer, losses
 
 
-def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenizer, prepared, tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_padding_free_training_sees_the_same_tokens_and_loss_as_padding(tokenizer, prepared, tmp_path,
+                                                                         checkpointing):
     # LoRA dropout off: its random masks are drawn over the batch's shape, which packing changes.
-    padded, padded_losses = train_briefly(smoke_config("data.packing=none", "lora.dropout=0"), tokenizer, prepared,
+    same = ["lora.dropout=0", f"training.gradient_checkpointing={str(checkpointing).lower()}"]
+    padded, padded_losses = train_briefly(smoke_config("data.packing=none", *same), tokenizer, prepared,
                                           tmp_path / "none")
-    packed, packed_losses = train_briefly(smoke_config("data.packing=padding_free", "lora.dropout=0"), tokenizer,
+    packed, packed_losses = train_briefly(smoke_config("data.packing=padding_free", *same), tokenizer,
                                           prepared, tmp_path / "padding_free")
+    assert packed.args.activation_checkpointing is checkpointing
     assert packed.model.config._attn_implementation == PACKED_SDPA  # the model loaded with sdpa
     batch = next(iter(packed.get_train_dataloader()))
     assert batch["input_ids"].shape[0] == 1 and "position_ids" in batch  # the training rows were packed
