@@ -35,6 +35,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/asha_vs_fifo.py
 	$(BIN)/python benchmarks/tuning_vs_peers.py
 	$(BIN)/python benchmarks/scale_sim.py
+	$(BIN)/python benchmarks/packing.py
 
 clean:
 	rm -rf $(VENV) lexiray_results runs .pytest_cache

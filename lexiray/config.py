@@ -62,6 +62,12 @@ class DataSettings(Section):
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
     length_coverage: float = Field(0.95, gt=0, le=1)
     max_rows: int | None = Field(None, gt=0)
+    # How a training batch is laid out (evaluation batches are padded): "padding_free"
+    # concatenates a batch's rows into one row with no padding, each row attending only to
+    # itself: the same samples, labelled tokens and loss as "none", which pads each batch to its
+    # longest row; "group_by_length" pads batches of rows of similar length (a different sample
+    # order, and HF groups the evaluation batches too). See benchmarks/packing.py.
+    packing: Literal["none", "group_by_length", "padding_free"] = "padding_free"
     system_prompts: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_SYSTEM_PROMPTS))
     default_system_prompt: str = DEFAULT_SYSTEM_PROMPT
 

@@ -490,3 +490,33 @@ class PadCollator:
             labels[row, :n] = torch.tensor(feature["labels"], dtype=torch.long)
             mask[row, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class PaddingFreeCollator:
+    """`data.packing: padding_free`: a batch's rows concatenated into one row (batch dim 1),
+    with no padding and no attention mask.
+
+    `position_ids` restart at 0 at each row's first token; transformers reads a restart as a
+    sequence boundary and lets each row attend only to itself (sdpa / eager / flex build a
+    block-diagonal causal mask, flash attention runs its variable-length kernel).
+
+    HF causal LMs shift labels by one inside the loss: the token at position t is trained to
+    predict label t + 1. So the label of each row's first token is set to -100: otherwise the
+    previous row's last token would be trained to predict it. Unpadded, that label is never
+    predicted either (nothing comes before position 0), so the labelled tokens, and the loss,
+    are the same as with `PadCollator`."""
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        ids, labels, positions = [], [], []
+        for feature in features:
+            ids.extend(feature["input_ids"])
+            labels.append(-100)
+            labels.extend(feature["labels"][1:])
+            positions.extend(range(len(feature["input_ids"])))
+        return {
+            "input_ids": torch.tensor([ids], dtype=torch.long),
+            "labels": torch.tensor([labels], dtype=torch.long),
+            "position_ids": torch.tensor([positions], dtype=torch.long),
+        }

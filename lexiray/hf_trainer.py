@@ -9,6 +9,7 @@ imports it only inside the worker function, never in the per-trial driver proces
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
 import shutil
@@ -18,17 +19,28 @@ from pathlib import Path
 from typing import Callable
 
 import ray.train
-from transformers import Trainer, TrainerCallback, TrainingArguments
+import torch
+from transformers import AttentionInterface, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
-from lexiray.data import PadCollator
+from lexiray.data import PadCollator, PaddingFreeCollator
+from lexiray.errors import ConfigError
 from lexiray.memory import mfu
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
+# lexiray's sdpa for padding-free rows (`packed_sdpa_attention`), registered with transformers.
+PACKED_SDPA = "lexiray_packed_sdpa"
+# Attention implementations that read restarting position_ids as sequence boundaries, so a
+# padding-free row's samples never attend to each other (transformers 5: masking_utils builds a
+# block-diagonal mask for sdpa / eager / flex; flash attention, batch 1, runs its varlen kernel).
+PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
+                    "flash_attention_4", PACKED_SDPA)
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -68,7 +80,10 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
         use_cpu=not cuda,
         dataloader_num_workers=workers,
         dataloader_prefetch_factor=training.dataloader_prefetch_factor if workers > 0 else None,
-        include_num_input_tokens_seen="non_padding",
+        # HF counts non-pad tokens from the attention mask; a padding-free row has no mask
+        # and no padding, so all its tokens count.
+        include_num_input_tokens_seen="all" if config.data.packing == "padding_free" else "non_padding",
+        train_sampling_strategy="group_by_length" if config.data.packing == "group_by_length" else "random",
         report_to=[],  # TensorBoard is added explicitly, writing into the experiment folder
         disable_tqdm=True,
         seed=training.seed,
@@ -80,21 +95,103 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
 def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval_set, output_dir: str,
                      precision: str, cuda: bool, eval_on_start: bool = False,
                      callbacks: list[TrainerCallback] | tuple = (), model_init=None) -> Trainer:
-    """A HF `Trainer` for the config: padded batches of the model columns, the given
-    callbacks, and no raw log-dict printing (`PrintTrainingProgress` prints a clean line).
+    """A HF `Trainer` for the config: training batches laid out as `data.packing` says
+    (evaluation batches are always padded), the given callbacks, and no raw log-dict
+    printing (`PrintTrainingProgress` prints a clean line).
     Pass `model=None, model_init=...` for HF's own `hyperparameter_search` (benchmarks)."""
+    packing = config.data.packing
+    if packing == "padding_free" and model is not None:
+        prepare_for_padding_free(model)
+    if packing == "padding_free" and model_init is not None:
+        model_init = _then(model_init, prepare_for_padding_free)
+    # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
+    columns = MODEL_COLUMNS + ["length"] if packing == "group_by_length" else MODEL_COLUMNS
     trainer = Trainer(
         model=model,
         model_init=model_init,
         args=training_arguments(config, output_dir, precision, cuda, eval_on_start),
-        train_dataset=train_set.select_columns(MODEL_COLUMNS),
-        eval_dataset=eval_set.select_columns(MODEL_COLUMNS),
+        train_dataset=train_set.select_columns(columns),
+        eval_dataset=eval_set.select_columns(columns),
         data_collator=PadCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)
+    if packing == "padding_free":
+        trainer.get_train_dataloader = _with_collator(trainer, trainer.get_train_dataloader, PaddingFreeCollator())
     return trainer
+
+
+def _with_collator(trainer: Trainer, make_dataloader: Callable, collator: Callable) -> Callable:
+    """`make_dataloader` building its loader with `collator` instead of the trainer's own
+    (HF has one collator for training and evaluation; the loader keeps the one it was built with)."""
+
+    def make() -> object:
+        kept, trainer.data_collator = trainer.data_collator, collator
+        try:
+            return make_dataloader()
+        finally:
+            trainer.data_collator = kept
+
+    return make
+
+
+def _then(model_init: Callable, prepare: Callable) -> Callable:
+    """`model_init` followed by `prepare`; its signature stays model_init's (HF passes the
+    trial only to a model_init that takes one)."""
+
+    @functools.wraps(model_init)
+    def init(*trial):
+        return prepare(model_init(*trial))
+
+    return init
+
+
+def prepare_for_padding_free(model):
+    """The model, ready to train padding-free rows: its attention checked (refused when it
+    would let a row's samples see each other), no KV cache, lexiray's packed sdpa for sdpa."""
+    implementation = model.config._attn_implementation
+    if implementation not in PACKED_ATTENTION:
+        raise ConfigError(
+            f"data.packing=padding_free needs an attention implementation that honours packed "
+            f"position_ids ({', '.join(PACKED_ATTENTION)}); this model uses {implementation!r}: "
+            "load it with one of those or use data.packing=none or group_by_length"
+        )
+    # With a KV cache transformers skips the packed-sequence mask (masking_utils), and a row's
+    # samples would attend to each other; training never uses the cache.
+    model.config.use_cache = False
+    if implementation == "sdpa":
+        use_packed_sdpa(model)
+    return model
+
+
+def use_packed_sdpa(model) -> None:
+    """Switch an sdpa model to `packed_sdpa_attention` (same results, Σ L² attention scores)."""
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)  # the masks sdpa gets, padded or packed
+    model.set_attn_implementation(PACKED_SDPA)
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    """transformers' sdpa run on each sample of a padding-free row on its own.
+
+    For a packed row transformers builds a block-diagonal causal mask, and plain sdpa computes
+    all (Σ L)² scores of the row, most of them masked: on CPU, and on GPUs without flash
+    attention (a T4), that ate most of what dropping the padding saved. Each sample's diagonal
+    block of the mask, with its queries, keys and values, is exactly what that sample attends
+    to, so sdpa over each block alone gives the same result with Σ L² scores. Anything else
+    (a padded batch, one sequence, a KV cache) is plain sdpa."""
+    packed_row = (attention_mask is not None and position_ids is not None and query.shape[0] == 1
+                  and attention_mask.dim() == 4 and query.shape[2] == key.shape[2])
+    if not packed_row:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, position_ids=position_ids, **kwargs)
+    positions = position_ids[0]
+    # the rule of transformers' find_packed_sequence_indices: a sample starts where positions skip
+    starts = [0] + ((positions[1:] != positions[:-1] + 1).nonzero().flatten() + 1).tolist() + [query.shape[2]]
+    outputs = [sdpa_attention_forward(module, query[:, :, start:end], key[:, :, start:end], value[:, :, start:end],
+                                      attention_mask[..., start:end, start:end], **kwargs)[0]
+               for start, end in zip(starts[:-1], starts[1:])]
+    return torch.cat(outputs, dim=1), None  # sdpa_attention_forward returns (batch, sequence, heads, dim)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -102,8 +199,6 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
 
 def peak_memory_mb() -> float:
     """Peak GPU memory of this process when on CUDA, else its peak resident memory."""
-    import torch
-
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
