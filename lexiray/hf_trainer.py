@@ -289,6 +289,11 @@ class ReportToRayTrain(TrainerCallback):
         self.throughput = throughput
         self.constants = dict(constants or {})  # e.g. the precision the worker chose
 
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.global_step == 0 and metrics and "eval_loss" in metrics:
+            # the untrained model's loss (eval_on_start): every later report carries it
+            self.constants["eval_loss_at_start"] = metrics["eval_loss"]
+
     def on_save(self, args, state, control, **kwargs):
         metrics = {}
         for entry in state.log_history:  # the newest value of each key wins

@@ -91,6 +91,7 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
         "tokens_per_second": last.get("tokens_per_second"),
         "peak_memory_mb": last.get("peak_memory_mb"),
         "estimated_memory_gb": last.get("estimated_memory_gb"),
+        "eval_loss_at_start": last.get("eval_loss_at_start"),
         "wall_time_s": last.get("time_total_s"),
         "best_checkpoint": best.get("checkpoint_path"),
         "sample": record.sample,
@@ -167,6 +168,7 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "best": {k: v for k, v in rows[0].items() if k != "history"} if rows else None,
         "leaderboard": [{k: v for k, v in r.items() if k != "history"} for r in rows],
         "tensorboard": layout.tensorboard_dir,
+        "eval_loss_at_start": next((row["eval_loss_at_start"] for row in rows if row.get("eval_loss_at_start")), None),
     }
     if config.report.plots:
         plot = plot_curves(rows, layout.plot_file(metric), layout.name, metric)
@@ -247,6 +249,15 @@ def finish_experiment(run: TuningRun, console) -> dict:
         console.print(f"best trial {best['trial_id']}: {summary['metric']} {best[summary['metric']]:.4f} "
                       f"(lr {best['learning_rate']:.2e}, r {best['lora_r']}, alpha {best['lora_alpha']}, "
                       f"batch {best['batch_size']}×{best['grad_accum']})")
+        start = summary.get("eval_loss_at_start")
+        if start and summary["metric"] == "eval_loss":  # what tuning bought, and what a bad config costs
+            finished = [row["eval_loss"] for row in summary["leaderboard"]
+                        if row["status"] == "DONE" and row.get("eval_loss") is not None]
+            line = f"untrained model (step 0): eval_loss {start:.4f}; best {best['eval_loss'] / start - 1:+.0%}"
+            if finished:
+                worst = max(finished)
+                line += f"; worst finished trial {worst:.4f} ({worst / best['eval_loss'] - 1:+.0%} vs the best)"
+            console.print(line)
         console.print(f"best adapter: {destination}")
     console.print(f"leaderboard: {layout.leaderboard_file}")
     console.print(f"tensorboard --logdir {layout.tensorboard_dir}")

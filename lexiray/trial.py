@@ -205,6 +205,8 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         config=config,
         data=plan.data,
         tensorboard_dir=plan.layout.trial_tensorboard_dir(trial_id, describe_sample(sample)),
+        # the first trial also evaluates the untrained model: the "before" of the leaderboard
+        eval_on_start=trial_id.endswith("_00000"),
         chaos=chaos,
     )
     # 4. Named by the (stable) trial id: a retried or restored trial finds its own

@@ -45,6 +45,9 @@ def test_tune_with_asha(tmp_path, no_ray_leftovers):
 
     summary = json.loads((root / "summary.json").read_text())
     assert summary["trials"] == 6 and summary["stopped_early"] >= 1
+    # the first trial evaluated the untrained model: tuning must have improved on it
+    assert summary["eval_loss_at_start"] > summary["best"]["eval_loss"]
+    assert f"untrained model (step 0): eval_loss {summary['eval_loss_at_start']:.4f}" in out
     assert summary["best"]["trial_id"] == rows[0]["trial_id"]
     best_dir = root / "best"
     best_metrics = json.loads((best_dir / "metrics.json").read_text())
