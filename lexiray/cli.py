@@ -62,7 +62,7 @@ def train(
     set_: Optional[List[str]] = SetOption,
     output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Output folder"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint"),
-    chaos: Optional[str] = typer.Option(None, "--chaos", help="Testing aid: kill-worker@step=N"),
+    chaos: Optional[str] = typer.Option(None, "--chaos", help="Testing aid: kill-worker@step=N, kill-save@step=N or oom-above-batch=N"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
@@ -96,7 +96,8 @@ def tune(
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
     chaos: Optional[str] = typer.Option(None, "--chaos",
-                                        help="Testing aid: kill-worker@step=N or kill-save@step=N [,trial=K]"),
+                                        help="Testing aid: kill-worker@step=N, kill-save@step=N or "
+                                        "oom-above-batch=N [,trial=K]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
