@@ -141,8 +141,11 @@ class OomLadder:
     searched: frozenset[str] = frozenset()
     train_lengths: list[int] | None = None
     retries: int = 0
-    changes: list[str] = field(default_factory=list)
     keeps_optimization: bool = True  # every rung so far kept it: an earlier checkpoint still fits
+    start: ExperimentConfig = field(init=False)  # the trial's own config, before any rung
+
+    def __post_init__(self):
+        self.start = self.config
 
     @property
     def budget(self) -> int:
@@ -155,7 +158,6 @@ class OomLadder:
         if rung is None:
             raise OutOfRungsError(self.explain_failure())
         self.retries += 1
-        self.changes.append(rung.change)
         self.keeps_optimization = self.keeps_optimization and rung.keeps_optimization
         self.config = rung.config
         log.warning("out of memory (%s): OOM back-off rung %d/%d: %s", error, self.retries, self.budget, rung.change)
@@ -169,12 +171,27 @@ class OomLadder:
             fix = f"raise training.oom_backoff (now {self.budget}) or use a smaller model"
         return f"out of GPU memory{tried}: {memory_settings(self.config)} did not fit; {fix}"
 
+    def ran_with(self) -> str:
+        """The settings the rungs changed, as they are now, e.g. "batch 2×4, checkpointing on"
+        ("" when none did): what the leaderboard shows beside the trial's own settings."""
+        now, start = self.config, self.start
+        changed = [
+            ((now.training.per_device_train_batch_size, now.training.gradient_accumulation_steps) !=
+             (start.training.per_device_train_batch_size, start.training.gradient_accumulation_steps),
+             f"batch {now.training.per_device_train_batch_size}×{now.training.gradient_accumulation_steps}"),
+            (now.training.gradient_checkpointing != start.training.gradient_checkpointing, "checkpointing on"),
+            (now.data.max_seq_length != start.data.max_seq_length, f"max_seq_length {now.data.max_seq_length}"),
+            (now.lora.r != start.lora.r, f"r {now.lora.r}"),
+            (now.training.optim != start.training.optim, f"optim {now.training.optim}"),
+        ]
+        return ", ".join(text for differs, text in changed if differs)
+
     def metrics(self) -> dict:
         """What each report carries: the retries and the settings the trial finally ran with."""
         training = self.config.training
         return {
             "oom_retries": self.retries,
-            "oom_changes": "; ".join(self.changes),
+            "ran_with": self.ran_with(),
             "ran_batch_size": training.per_device_train_batch_size,
             "ran_grad_accum": training.gradient_accumulation_steps,
             "ran_gradient_checkpointing": training.gradient_checkpointing,

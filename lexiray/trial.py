@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -468,7 +469,11 @@ def fit_or_explain(trainer: DataParallelTrainer):
         while root.__cause__ is not None:
             root = root.__cause__
         lines = [line for line in str(root).strip().splitlines() if line.strip()]
-        raise LexirayError(f"training failed: {lines[-1] if lines else type(root).__name__}") from error
+        last = lines[-1] if lines else type(root).__name__
+        # A worker's LexirayError (e.g. lexiray.oom's out-of-rungs error) reads on its own:
+        # no "lexiray.oom.OutOfRungsError: " from the traceback's last line in front of it.
+        last = re.sub(r"^lexiray\.[\w.]+Error: ", "", last)
+        raise LexirayError(f"training failed: {last}") from error
 
 
 def run_training(config: ExperimentConfig, output: Path, resume: bool = False, chaos: ChaosSpec | None = None,

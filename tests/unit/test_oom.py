@@ -95,7 +95,7 @@ def test_out_of_rungs_is_one_line_naming_the_settings():
 
 def test_backoff_zero_fails_at_once_and_reports_nothing_changed():
     ladder = OomLadder(config(oom_backoff=0))
-    assert ladder.metrics()["oom_retries"] == 0 and ladder.metrics()["oom_changes"] == ""
+    assert ladder.metrics()["oom_retries"] == 0 and ladder.metrics()["ran_with"] == ""
     with pytest.raises(OutOfRungsError, match=r"^out of GPU memory: training.per_device_train_batch_size=8 "):
         ladder.back_off("CUDA out of memory")
 
@@ -113,6 +113,7 @@ def test_each_rung_is_one_log_line_and_the_metrics_carry_the_final_settings(capl
     metrics = ladder.metrics()
     assert metrics["oom_retries"] == 2
     assert (metrics["ran_batch_size"], metrics["ran_grad_accum"], metrics["ran_gradient_checkpointing"]) == (4, 2, True)
+    assert metrics["ran_with"] == "batch 4×2, checkpointing on"
     assert ladder.keeps_optimization
 
 
@@ -169,3 +170,23 @@ def test_paged_optimizer_note_only_for_paged_on_cpu(caplog):
     assert [record.getMessage() for record in caplog.records] == [
         "training.optim=paged_adamw_8bit runs without paging on CPU: bitsandbytes keeps the optimizer state "
         "in ordinary CPU memory"]
+
+
+def test_leaderboard_shows_the_rungs_and_what_the_trial_ran_with():
+    from rich.console import Console
+
+    from lexiray.report import TrialRecord, leaderboard_rows, print_leaderboard
+
+    ladder = OomLadder(config())
+    for _ in range(3):
+        ladder.back_off("CUDA out of memory")
+    reports = [{"step": 6, "eval_loss": 2.0, "total_steps": 6, **ladder.metrics()}]
+    fitted = {"step": 6, "eval_loss": 2.5, "total_steps": 6, **OomLadder(config()).metrics()}
+    rows = leaderboard_rows([TrialRecord("backed-off", "TERMINATED", reports, ladder.start, {}),
+                             TrialRecord("fitted", "TERMINATED", [fitted], config(), {})])
+    assert (rows[0]["oom_retries"], rows[0]["ran_with"]) == (3, "batch 2×4, checkpointing on")
+    assert (rows[0]["batch_size"], rows[0]["grad_accum"]) == (8, 1)  # the trial's own settings stay shown
+    assert (rows[1]["oom_retries"], rows[1]["ran_with"]) == (0, None)
+    console = Console(record=True, width=250)
+    print_leaderboard({"metric": "eval_loss", "mode": "min", "experiment": "x", "leaderboard": rows}, console)
+    assert "3: batch 2×4, checkpointing on" in console.export_text()
