@@ -350,7 +350,7 @@ def train_worker(settings: WorkerSettings) -> None:
         set_thread_count(config.resources.cpus_per_trial)
     precision = choose_precision(config.training.precision, hardware)
     train_set, eval_set = settings.data.load()
-    lengths = train_set["length"] if "length" in train_set.column_names else None
+    lengths = list(train_set["length"]) if "length" in train_set.column_names else None  # for the OOM ladder
     ladder = OomLadder(config, settings.searched, train_lengths=lengths)
     # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
     #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
