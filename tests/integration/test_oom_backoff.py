@@ -4,6 +4,7 @@ more than N samples; the trial backs off in place until its micro-batch fits."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -43,3 +44,21 @@ def test_trial_that_cannot_fit_fails_with_one_line(tmp_path, no_ray_leftovers):
         "training failed: out of GPU memory after 3 back-off rungs: training.per_device_train_batch_size=2 "
         "(training.gradient_accumulation_steps=4), data.max_seq_length=256, lora.r=8, training.optim=adamw_torch, "
         "gradient_checkpointing=on did not fit; raise training.oom_backoff (now 3) or use a smaller model")
+
+
+def test_tuning_trial_backs_off_and_the_leaderboard_shows_it(tmp_path, no_ray_leftovers):
+    # smoke searches lora.r and the micro-batch (4 or 8, effective batch 8): the micro-batch
+    # halves down to 1 (same optimization), the searched r is kept
+    run_cli(["tune", "--num-samples", "1", *SHORT_RUN, "--set", "training.oom_backoff=5",
+             "--chaos", "oom-above-batch=1", "--storage-path", str(tmp_path / "results"), "--name", "oom"],
+            cwd=tmp_path, check=True)
+    root = tmp_path / "results" / "oom"
+    with (root / "leaderboard.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["status"] == "DONE"
+    assert row["ran_with"] == "batch 1×8, checkpointing on"
+    # 8 → 4 → 2 → 1 or 4 → 2 → 1, after checkpointing
+    assert int(row["oom_retries"]) == {"8": 4, "4": 3}[row["batch_size"]]
+    assert int(row["batch_size"]) * int(row["grad_accum"]) == 8  # the trial's own sample, as searched
+    sampled_r = json.loads((root / "summary.json").read_text())["leaderboard"][0]["sample"]["lora.r"]
+    assert int(row["lora_r"]) == sampled_r
