@@ -11,7 +11,8 @@ import torch
 
 from lexiray.config import ExperimentConfig, apply_sample, config_from_dict
 from lexiray.model import build_peft_model
-from lexiray.oom import OomLadder, OutOfRungsError, next_rung, raise_oom_above_batch, shorten_rows
+from lexiray.oom import (OomLadder, OutOfRungsError, free_memory, is_out_of_memory, next_rung, raise_oom_above_batch,
+                         shorten_rows)
 from lexiray.trial import note_paged_optimizer_on_cpu
 
 SHORT_ROWS = [100] * 95 + [700] * 5  # 95% of the rows fit in 256 tokens
@@ -190,3 +191,23 @@ def test_leaderboard_shows_the_rungs_and_what_the_trial_ran_with():
     console = Console(record=True, width=250)
     print_leaderboard({"metric": "eval_loss", "mode": "min", "experiment": "x", "leaderboard": rows}, console)
     assert "3: batch 2×4, checkpointing on" in console.export_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CPU: the injected error above)")
+def test_a_real_cuda_oom_is_recognised_and_its_attempt_memory_freed():
+    baseline = torch.cuda.memory_allocated()
+
+    def attempt():
+        held = torch.ones(2**28, device="cuda")  # 1 GiB the failing attempt holds
+        return held + torch.empty(2**50, device="cuda")  # 4 PiB: more than any GPU has
+
+    try:
+        attempt()
+        pytest.fail("a 4 PiB allocation succeeded")
+    except Exception as error:
+        assert is_out_of_memory(error)
+        message = str(error).splitlines()[0]
+    free_memory()  # as the worker does, after the except block
+    assert "CUDA out of memory" in message
+    assert torch.cuda.memory_allocated() == baseline
