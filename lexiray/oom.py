@@ -67,8 +67,8 @@ def smaller_batch_rung(config: ExperimentConfig) -> Rung | None:
     smaller = max(d for d in range(1, batch) if batch % d == 0)
     more = accumulation * (batch // smaller)
     return Rung(_update(config, "training", per_device_train_batch_size=smaller, gradient_accumulation_steps=more),
-                f"per_device_train_batch_size {batch} → {smaller}, gradient_accumulation_steps {accumulation} → {more}",
-                True)
+                f"per_device_train_batch_size {batch} → {smaller}, "
+                f"gradient_accumulation_steps {accumulation} → {more}", True)
 
 
 def shorter_sequence_rung(config: ExperimentConfig, train_lengths: list[int] | None) -> Rung | None:
@@ -89,16 +89,16 @@ def lower_rank_rung(config: ExperimentConfig) -> Rung | None:
     if r // 2 < MIN_LORA_R:
         return None
     lower, lower_alpha = r // 2, max(1, round(alpha / 2))
-    return Rung(_update(config, "lora", r=lower, alpha=lower_alpha), f"lora.r {r} → {lower}, lora.alpha {alpha} → {lower_alpha}",
-                False)
+    return Rung(_update(config, "lora", r=lower, alpha=lower_alpha),
+                f"lora.r {r} → {lower}, lora.alpha {alpha} → {lower_alpha}", False)
 
 
 def eight_bit_optimizer_rung(config: ExperimentConfig) -> Rung | None:
     optim = config.training.optim
     if "8bit" in optim:
         return None
-    return Rung(_update(config, "training", optim=EIGHT_BIT_OPTIMIZER), f"training.optim {optim} → {EIGHT_BIT_OPTIMIZER}",
-                False)
+    return Rung(_update(config, "training", optim=EIGHT_BIT_OPTIMIZER),
+                f"training.optim {optim} → {EIGHT_BIT_OPTIMIZER}", False)
 
 
 # Recipe-changing rungs, in the checklist's order, with the settings each one changes.

@@ -22,7 +22,8 @@ from lexiray.tune import TuningRun
 LEADERBOARD_COLUMNS = [
     "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",
     "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "oom_retries", "ran_with",
-    "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s", "best_checkpoint",
+    "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s",
+    "best_checkpoint",
 ]
 
 

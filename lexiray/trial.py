@@ -414,7 +414,8 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     from lexiray import hf_trainer  # transformers: paid by the workers only
 
     config = ladder.config
-    # 6. Model and data (a shorter data.max_seq_length rung truncates the training rows).
+    # 6. Model and data. A shorter data.max_seq_length rung truncates the training rows only:
+    #    the evaluation rows stay whole, so the trial's eval_loss still compares with the others'.
     tokenizer = load_tokenizer(config.model)
     model = build_peft_model(config.model, config.lora, config.training, precision)
     if settings.chaos and settings.chaos.action == "oom-above-batch":

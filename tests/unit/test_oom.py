@@ -75,7 +75,8 @@ def test_searched_settings_are_never_changed():
     with pytest.raises(OutOfRungsError) as info:
         ladder.back_off("CUDA out of memory")
     final = ladder.config
-    assert (final.lora.r, final.lora.alpha, final.training.optim, final.data.max_seq_length) == (32, 64, "adamw_torch", 512)
+    kept = (final.lora.r, final.lora.alpha, final.training.optim, final.data.max_seq_length)
+    assert kept == (32, 64, "adamw_torch", 512)
     assert final.training.effective_batch_size == trial.training.effective_batch_size == 8
     assert "no rung left (settings the search varies are kept)" in str(info.value)
 
