@@ -1,8 +1,11 @@
-"""`--chaos`: a testing aid that SIGKILLs a training worker once, to prove resume works.
+"""`--chaos`: testing aids that SIGKILL a training worker once, to prove resume works, or
+make it run out of memory, to prove the OOM back-off ladder works.
 
   kill-worker@step=N          kill the worker process when it finishes step N
   kill-save@step=N            kill it inside the checkpoint save of step N, after the local
                               files are written and before Ray has persisted the checkpoint
+  oom-above-batch=N           every training forward pass over more than N samples raises
+                              torch.OutOfMemoryError (`lexiray.oom.raise_oom_above_batch`)
   ...,trial=K                 in a tuning run, hit the K-th trial (0-based; default the first)
 
 A marker file beside the experiment records that the kill happened, so the restarted worker
@@ -19,16 +22,18 @@ from pathlib import Path
 
 from lexiray.errors import ConfigError
 
-_SPEC = re.compile(r"^(?P<action>kill-worker|kill-save)@step=(?P<step>\d+)(?:,trial=(?P<trial>\d+))?$")
+_SPEC = re.compile(r"^(?:(?P<action>kill-worker|kill-save)@step=(?P<step>\d+)|oom-above-batch=(?P<batch>\d+))"
+                   r"(?:,trial=(?P<trial>\d+))?$")
 MARKER_NAME = ".chaos-fired"
 
 
 @dataclass(frozen=True)
 class ChaosSpec:
-    action: str  # "kill-worker" or "kill-save"
-    step: int
+    action: str  # "kill-worker", "kill-save" or "oom-above-batch"
+    step: int = 0  # the kills' step
     trial_index: int = 0
     marker: str | None = None  # the file whose creation makes the kill happen only once
+    batch_limit: int = 0  # oom-above-batch: the most samples a training forward pass may hold
 
     def bound_to(self, folder: str | Path) -> "ChaosSpec":
         return replace(self, marker=str(Path(folder) / MARKER_NAME))
@@ -40,10 +45,14 @@ class ChaosSpec:
 
 def parse_chaos(text: str) -> ChaosSpec:
     match = _SPEC.match(text.strip())
-    if not match or int(match.group("step")) <= 0:
-        raise ConfigError(f"--chaos {text!r}: expected kill-worker@step=N or kill-save@step=N with N > 0 "
-                          "(optionally ,trial=K)")
-    return ChaosSpec(match.group("action"), int(match.group("step")), int(match.group("trial") or 0))
+    number = match and int(match.group("step") or match.group("batch"))
+    if not number:
+        raise ConfigError(f"--chaos {text!r}: expected kill-worker@step=N, kill-save@step=N or oom-above-batch=N "
+                          "with N > 0 (optionally ,trial=K)")
+    trial = int(match.group("trial") or 0)
+    if match.group("batch"):
+        return ChaosSpec("oom-above-batch", trial_index=trial, batch_limit=number)
+    return ChaosSpec(match.group("action"), number, trial)
 
 
 def fire_once(chaos: ChaosSpec) -> None:

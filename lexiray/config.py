@@ -96,6 +96,8 @@ class TrainingSettings(Section):
     eval_steps: int | None = Field(None, gt=0)  # None: same as save_steps
     logging_steps: int = Field(10, gt=0)
     gradient_checkpointing: bool = True
+    # Out-of-memory rungs a trial may take before it fails (lexiray.oom); 0: fail at once.
+    oom_backoff: int = Field(3, ge=0)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     dataloader_num_workers: int | Literal["auto"] = "auto"
     dataloader_prefetch_factor: int = Field(2, gt=0)

@@ -21,8 +21,9 @@ from lexiray.tune import TuningRun
 
 LEADERBOARD_COLUMNS = [
     "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",
-    "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "samples_per_second",
-    "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s", "best_checkpoint",
+    "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "oom_retries", "ran_with",
+    "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s",
+    "best_checkpoint",
 ]
 
 
@@ -87,6 +88,9 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
         "lora_alpha": config.lora.alpha if config else None,
         "batch_size": config.training.per_device_train_batch_size if config else None,
         "grad_accum": config.training.gradient_accumulation_steps if config else None,
+        # out-of-memory back-off (lexiray.oom): rungs taken, and the settings they changed
+        "oom_retries": last.get("oom_retries"),
+        "ran_with": last.get("ran_with") or None,
         "samples_per_second": last.get("samples_per_second"),
         "tokens_per_second": last.get("tokens_per_second"),
         "peak_memory_mb": last.get("peak_memory_mb"),
@@ -187,7 +191,7 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
 
     metric = summary["metric"]
     table = Table(title=f"leaderboard — {summary['experiment']} ({metric}, {summary['mode']})")
-    for column in ("#", "trial", "status", metric, "steps", "lr", "r", "alpha", "batch×accum",
+    for column in ("#", "trial", "status", metric, "steps", "lr", "r", "alpha", "batch×accum", "OOM",
                    "samples/s", "tokens/s", "peak MB", "wall s"):
         table.add_column(column, justify="left" if column in ("trial", "status") else "right")
 
@@ -202,10 +206,17 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
             str(row["rank"]), row["trial_id"], status, number(row.get(metric), ".4f"),
             f"{row['steps']}/{row['total_steps'] or '?'}", number(row["learning_rate"], ".2e"),
             str(row["lora_r"]), str(row["lora_alpha"]), f"{row['batch_size']}×{row['grad_accum']}",
-            number(row["samples_per_second"], ".1f"), number(row["tokens_per_second"], ".0f"),
+            oom_cell(row), number(row["samples_per_second"], ".1f"), number(row["tokens_per_second"], ".0f"),
             number(row["peak_memory_mb"], ".0f"), number(row["wall_time_s"], ".0f"),
         )
     console.print(table)
+
+
+def oom_cell(row: dict) -> str:
+    """"-", or the OOM back-off rungs a trial took and what it finally ran with."""
+    if not row.get("oom_retries"):
+        return "-"
+    return f"{row['oom_retries']}: {row['ran_with']}" if row.get("ran_with") else str(row["oom_retries"])
 
 
 def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None) -> str:

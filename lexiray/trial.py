@@ -14,6 +14,8 @@ The flow of one tuning trial, each integration point numbered where it happens:
       7. Train hands back the last persisted checkpoint after a failure: resume from it
       8. the HF Trainer (lexiray.hf_trainer): each save → one `ray.train.report`
       9. fit, then drop the local scratch folder (every checkpoint is in Ray's storage)
+      6–9 again after a CUDA out-of-memory error, on the OOM back-off ladder's next rung
+         (lexiray.oom): memory freed, the trial rebuilt in place with a smaller footprint
 
 `lexiray train` (run_training) runs steps 4–9 without Tune. What crosses the Ray boundary
 is a frozen dataclass: `TrialPlan` (Tune driver → trial driver), `WorkerSettings`
@@ -26,9 +28,11 @@ every trial's driver process, and transformers alone would cost it ~3 CPU-second
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -56,6 +60,7 @@ from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
 from lexiray.model import build_peft_model, choose_precision, detect_hardware, load_tokenizer
+from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
 
@@ -92,6 +97,7 @@ class WorkerSettings:
     eval_on_start: bool = False  # a step-0 evaluation, for the "before" of a single run
     chaos: ChaosSpec | None = None
     print_progress: bool = False
+    searched: frozenset[str] = frozenset()  # settings the search varies: the OOM ladder keeps them
     started_at: float = field(default_factory=time.time)  # for the startup_s metric
 
 
@@ -208,6 +214,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         # the first trial also evaluates the untrained model: the "before" of the leaderboard
         eval_on_start=trial_id.endswith("_00000"),
         chaos=chaos,
+        searched=frozenset(plan.base_config.search),
     )
     # 4. Named by the (stable) trial id: a retried or restored trial finds its own
     #    checkpoints. Retries belong to Tune here (tune.RunConfig's FailureConfig), not to
@@ -333,9 +340,10 @@ def quiet_train_reports() -> None:
 
 def train_worker(settings: WorkerSettings) -> None:
     """What every Ray Train worker runs. It knows nothing of Tune: Train forwards its
-    reports to Tune (TuneReportCallback) when a Tune trial drives it."""
-    from lexiray import hf_trainer  # transformers: paid by the workers only
-
+    reports to Tune (TuneReportCallback) when a Tune trial drives it. A CUDA out-of-memory
+    error does not fail the trial: the worker frees the memory and trains again, in place,
+    on the next rung of the OOM back-off ladder (lexiray.oom; single-worker trials only:
+    one rank retrying alone would leave the others waiting in their collectives)."""
     quiet_train_reports()
     config = settings.config
     # 5. Threads and precision for the hardware this worker got.
@@ -343,13 +351,79 @@ def train_worker(settings: WorkerSettings) -> None:
     if not hardware.cuda:
         set_thread_count(config.resources.cpus_per_trial)
     precision = choose_precision(config.training.precision, hardware)
-    # 6. Model and data.
-    tokenizer = load_tokenizer(config.model)
-    model = build_peft_model(config.model, config.lora, config.training, precision)
     train_set, eval_set = settings.data.load()
+    lengths = list(train_set["length"]) if "length" in train_set.column_names else None  # for the OOM ladder
+    ladder = OomLadder(config, settings.searched, train_lengths=lengths)
     # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
     #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
     checkpoint = ray.train.get_checkpoint()
+    output_dir = storage.make_scratch_dir()
+    paged_noted = False
+    try:
+        while True:
+            paged_noted = paged_noted or note_paged_optimizer_on_cpu(ladder.config.training.optim, hardware.cuda)
+            try:
+                with resume_source(checkpoint, output_dir, ladder) as resume_dir:
+                    fit_attempt(settings, ladder, hardware, precision, train_set, eval_set, output_dir, resume_dir)
+                return
+            except Exception as error:
+                if not is_out_of_memory(error) or config.resources.num_workers > 1:
+                    raise
+                message = str(error).strip().splitlines()[0]
+            # Outside the `except`: the error's traceback no longer holds the attempt's model.
+            free_memory()
+            rung = ladder.back_off(message)  # the one-line error once no rung is left
+            if not rung.keeps_optimization:  # no checkpoint of the earlier recipe may be resumed
+                shutil.rmtree(output_dir, ignore_errors=True)
+                output_dir = storage.make_scratch_dir()
+    finally:
+        # 9. Every checkpoint is in Ray's storage by now: drop the local scratch folder.
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def note_paged_optimizer_on_cpu(optim: str, cuda: bool) -> bool:
+    """Say once in the trial log that a paged optimizer pages nothing on CPU (bitsandbytes
+    falls back to plain state tensors there). True once said."""
+    if cuda or not optim.startswith("paged_"):
+        return False
+    log.warning("training.optim=%s runs without paging on CPU: bitsandbytes keeps the optimizer state "
+                "in ordinary CPU memory", optim)
+    return True
+
+
+@contextlib.contextmanager
+def resume_source(checkpoint, output_dir: str, ladder: OomLadder):
+    """The HF checkpoint folder an attempt resumes from, or None to train from step 0: this
+    worker's newest local checkpoint (an earlier attempt saved it before running out of
+    memory), else Train's persisted one. None once a rung changed the recipe (the sequence
+    length, r or optimizer): no earlier checkpoint's adapter or optimizer state fits it."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ladder.keeps_optimization:
+        yield None
+    elif os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
+        yield get_last_checkpoint(output_dir)
+    elif checkpoint is not None:
+        with checkpoint.as_directory() as restored:
+            yield os.path.join(restored, storage.CHECKPOINT_NAME)
+    else:
+        yield None
+
+
+def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision: str, train_set, eval_set,
+                output_dir: str, resume_dir: str | None) -> None:
+    """Steps 6, 8 and 9 with the ladder's current config: model, HF Trainer, fit."""
+    from lexiray import hf_trainer  # transformers: paid by the workers only
+
+    config = ladder.config
+    # 6. Model and data. A shorter data.max_seq_length rung truncates the training rows only:
+    #    the evaluation rows stay whole, so the trial's eval_loss still compares with the others'.
+    tokenizer = load_tokenizer(config.model)
+    model = build_peft_model(config.model, config.lora, config.training, precision)
+    if settings.chaos and settings.chaos.action == "oom-above-batch":
+        raise_oom_above_batch(model, settings.chaos.batch_limit)
+    if config.data.max_seq_length < settings.config.data.max_seq_length:
+        train_set = shorten_rows(train_set, config.data.max_seq_length)
     # 8. The HF Trainer. Callback order matters: the chaos kill inside a save strikes
     #    before the report persists that checkpoint.
     throughput = hf_trainer.ThroughputMeter(
@@ -357,29 +431,22 @@ def train_worker(settings: WorkerSettings) -> None:
     callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep()]
     if settings.chaos:
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
-    # Which precision and which Ray node: what a user checks first on a mixed cluster.
-    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id()}
+    # Which precision and which Ray node: what a user checks first on a mixed cluster; the
+    # OOM rungs taken and the settings the trial finally ran with.
+    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(), **ladder.metrics()}
     callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
-    output_dir = storage.make_scratch_dir()
     if settings.tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
         callbacks.extend(hf_trainer.tensorboard_callbacks(settings.tensorboard_dir, scratch=output_dir))
     trainer = hf_trainer.build_hf_trainer(
         config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,
-        eval_on_start=settings.eval_on_start and checkpoint is None, callbacks=callbacks,
+        eval_on_start=settings.eval_on_start and resume_dir is None, callbacks=callbacks,
     )
     # 9. Fit.
-    try:
-        if checkpoint is None:
-            trainer.train()
-            return
-        with checkpoint.as_directory() as restored:
-            resume_dir = os.path.join(restored, storage.CHECKPOINT_NAME)
-            log.info("resuming from %s", resume_dir)
-            trainer.train(resume_from_checkpoint=resume_dir)
-    finally:
-        shutil.rmtree(output_dir, ignore_errors=True)
+    if resume_dir is not None:
+        log.info("resuming from %s", resume_dir)
+    trainer.train(resume_from_checkpoint=resume_dir)
 
 
 # --------------------------------------------------------------------------- `lexiray train`
@@ -405,7 +472,11 @@ def fit_or_explain(trainer: DataParallelTrainer):
         while root.__cause__ is not None:
             root = root.__cause__
         lines = [line for line in str(root).strip().splitlines() if line.strip()]
-        raise LexirayError(f"training failed: {lines[-1] if lines else type(root).__name__}") from error
+        last = lines[-1] if lines else type(root).__name__
+        # A worker's LexirayError (e.g. lexiray.oom's out-of-rungs error) reads on its own:
+        # no "lexiray.oom.OutOfRungsError: " from the traceback's last line in front of it.
+        last = re.sub(r"^lexiray\.[\w.]+Error: ", "", last)
+        raise LexirayError(f"training failed: {last}") from error
 
 
 def run_training(config: ExperimentConfig, output: Path, resume: bool = False, chaos: ChaosSpec | None = None,

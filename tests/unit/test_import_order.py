@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lexiray"
-LAYERS = ["errors", "config", "chaos", "space", "tiny", "data", "model", "memory", "storage", "cluster", "hf_trainer",
+LAYERS = ["errors", "config", "chaos", "space", "tiny", "data", "model", "memory", "oom", "storage", "cluster", "hf_trainer",
           "trial", "progress", "tune", "report", "cli"]
 ENTRY_POINTS = {"__init__": ["errors"], "__main__": ["cli"]}
 

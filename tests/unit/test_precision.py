@@ -59,6 +59,8 @@ def test_bf16_on_t4_fails():
     ("kill-save@step=12", ChaosSpec("kill-save", 12)),
     ("  kill-worker@step=1\n", ChaosSpec("kill-worker", 1)),
     ("kill-worker@step=9,trial=1", ChaosSpec("kill-worker", 9, trial_index=1)),
+    ("oom-above-batch=2", ChaosSpec("oom-above-batch", batch_limit=2)),
+    ("oom-above-batch=1,trial=3", ChaosSpec("oom-above-batch", trial_index=3, batch_limit=1)),
 ])
 def test_parse_chaos_good(text, expected):
     assert parse_chaos(text) == expected
@@ -66,7 +68,8 @@ def test_parse_chaos_good(text, expected):
 
 @pytest.mark.parametrize("text", ["kill-worker@step=0", "kill-worker", "kill-worker@step=", "kill-worker@step=-1",
                                   "kill-all@step=3", "kill-worker@epoch=3", "kill-worker@step=3x", "",
-                                  "KILL-WORKER@step=3", "kill-worker@step=3,trial=", "kill-worker@step=3,trial=x"])
+                                  "KILL-WORKER@step=3", "kill-worker@step=3,trial=", "kill-worker@step=3,trial=x",
+                                  "oom-above-batch=0", "oom-above-batch", "oom-above-batch@step=3"])
 def test_parse_chaos_bad(text):
     with pytest.raises(ConfigError) as info:
         parse_chaos(text)
