@@ -50,10 +50,26 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
               "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
         ray.init(address=address, **kwargs)
-    else:
-        # The dashboard is needed: without it trials stopped by ASHA never gave their
-        # resources back (STACK-NOTES).
-        ray.init(num_cpus=num_cpus, include_dashboard=True, **kwargs)
+        return
+    # The dashboard is needed: Train's placement-group cleaner asks Ray's state API (served by
+    # the dashboard) whether a trial's controller still lives; without it trials stopped by
+    # ASHA never gave their resources back (STACK-NOTES). That API finds its cluster by
+    # RAY_API_SERVER_ADDRESS / RAY_ADDRESS, or else by looking for Ray on this machine, and
+    # with a second Ray running here it finds two, fails, and the trials hang. So the new
+    # cluster's dashboard gets a port chosen here, named in a variable every Ray process
+    # inherits, and only the loopback interface.
+    port = free_local_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
+
+
+def free_local_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def check_resources(config: ExperimentConfig) -> None:
