@@ -10,6 +10,7 @@ imports it only inside the worker function, never in the per-trial driver proces
 from __future__ import annotations
 
 import os
+import re
 import resource
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from lexiray.data import PadCollator
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
+TASK_COLUMN = "task"  # the prepared datasets' task name per row ("" when the data has none)
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -82,18 +84,121 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
     """A HF `Trainer` for the config: padded batches of the model columns, the given
     callbacks, and no raw log-dict printing (`PrintTrainingProgress` prints a clean line).
     Pass `model=None, model_init=...` for HF's own `hyperparameter_search` (benchmarks)."""
-    trainer = Trainer(
+    # With task names in the eval set, each evaluation also reports eval_loss/<task>.
+    tasks = eval_task_names(eval_set)
+    eval_columns = [*MODEL_COLUMNS, TASK_COLUMN] if tasks else MODEL_COLUMNS
+    trainer = PerTaskEvalTrainer(
         model=model,
         model_init=model_init,
         args=training_arguments(config, output_dir, precision, cuda, eval_on_start),
         train_dataset=train_set.select_columns(MODEL_COLUMNS),
-        eval_dataset=eval_set.select_columns(MODEL_COLUMNS),
+        eval_dataset=eval_set.select_columns(eval_columns),
         data_collator=PadCollator(tokenizer.pad_token_id),
+        eval_collator=TaskTaggingCollator(PadCollator(tokenizer.pad_token_id), tasks) if tasks else None,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+# --------------------------------------------------------------------------- per-task eval loss
+
+
+def eval_task_names(eval_set) -> list[str]:
+    """The eval set's task names, sorted, when its rows name a task (LexiLingo's five);
+    none when the data has no task column or every row's task is empty."""
+    if TASK_COLUMN not in eval_set.column_names:
+        return []
+    names = sorted(set(eval_set[TASK_COLUMN]))
+    return names if any(names) else []
+
+
+def task_metric_name(task: str) -> str:
+    """`eval_loss/<task>` key part: a task name as a TensorBoard / CSV friendly word."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task) or "untagged"
+
+
+class TaskTaggingCollator:
+    """The eval collator: the inner collator's batch plus `task_ids` (each row's task as an
+    index into `tasks`), which `PerTaskEvalTrainer` removes before the model's forward."""
+
+    def __init__(self, inner, tasks: list[str]):
+        self.inner = inner
+        self.task_index = {task: index for index, task in enumerate(tasks)}
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        task_ids = [self.task_index[feature.pop(TASK_COLUMN)] for feature in features]
+        batch = self.inner(features)
+        batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
+        return batch
+
+
+class PerTaskEvalTrainer(Trainer):
+    """A HF `Trainer` whose evaluation also reports `eval_loss/<task>`: the mean loss per
+    answer token of each task, from the logits of the same forward pass that gives HF's
+    own eval_loss (which stays untouched: no second evaluation, no other loss path).
+    Without an `eval_collator` (no tasks) it is HF's Trainer."""
+
+    def __init__(self, *args, eval_collator: TaskTaggingCollator | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+        self._task_totals = None  # [task, (loss sum, token count)] during an evaluation
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.pop("task_ids", None)  # never reaches the model
+        if task_ids is None or self._task_totals is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        self._add_task_losses(outputs["logits"], inputs["labels"], task_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_task_losses(self, logits, labels, task_ids) -> None:
+        """Per-row sums of the next-token losses (HF's causal-LM shift: position t predicts
+        t+1, -100 ignored), added to the row's task."""
+        import torch
+
+        shifted = labels[:, 1:]
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="none")
+        per_row = torch.stack([losses.sum(dim=1), (shifted != -100).sum(dim=1).float()], dim=1)
+        self._task_totals.index_add_(0, task_ids.cpu(), per_row.double().cpu())
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        if self.eval_collator is None:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
+        import torch
+
+        tasks = list(self.eval_collator.task_index)
+        self._task_totals = torch.zeros((len(tasks), 2), dtype=torch.float64)
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            totals = self._task_totals
+        finally:
+            self._task_totals = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            totals = totals.to(self.args.device)  # every rank evaluated its shard of the rows
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
+        for task, (loss_sum, tokens) in zip(tasks, totals.tolist()):
+            if tokens:
+                output.metrics[f"{metric_key_prefix}_loss/{task_metric_name(task)}"] = loss_sum / tokens
+        return output
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -138,6 +243,14 @@ class ThroughputMeter(TrainerCallback):
             self.last_step_end = self.clock()
             self.train_seconds += self.last_step_end - self.step_began
             self.step_began = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Training logs also carry the throughput so far: the TensorBoard callback (after
+        this one) draws it as curves. `state.log_history` took its copy before callbacks run."""
+        if logs is not None and "loss" in logs and state.global_step > self.start_step:
+            current = self.metrics(args, state)
+            for key in ("samples_per_second", "tokens_per_second", "peak_memory_mb"):
+                logs[key] = current[key]
 
     def metrics(self, args, state) -> dict:
         steps = state.global_step - self.start_step
