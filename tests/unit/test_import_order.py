@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lexiray"
 LAYERS = ["errors", "config", "chaos", "space", "tiny", "data", "model", "storage", "cluster", "hf_trainer",
-          "trial", "progress", "tune", "report", "cli"]
+          "trial", "progress", "tune", "plots", "report", "cli"]
 ENTRY_POINTS = {"__init__": ["errors"], "__main__": ["cli"]}
 
 
