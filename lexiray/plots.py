@@ -184,6 +184,6 @@ def task_losses(rows: list[dict], tasks: list[str], top: int = 5) -> bytes:
     axis.set_xlabel("task")
     axis.set_ylabel("eval_loss at the trial's best checkpoint")
     axis.set_title(f"per-task eval_loss of the top {len(chosen)} trials (bars labelled by rank)")
-    axis.legend(fontsize=8, title="trial", loc="upper right")
+    axis.legend(fontsize=8, title="trial", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not over, the bars
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)

@@ -152,13 +152,17 @@ def leaderboard_csv(rows: list[dict], metric: str) -> str:
 
 def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
     """The sampled settings of the search block (derived ones follow them), log-scaled
-    where the search drew them log-uniformly."""
+    where the search drew them log-uniformly or lists values two decades apart or more
+    (a grid of learning rates)."""
     settings = []
     for key, spec in config.search.items():
         if isinstance(spec, str):
             continue
-        kind, _ = parse_distribution(key, spec, "search")
-        settings.append(plots.Setting(key, key, log=kind == "loguniform"))
+        kind, args = parse_distribution(key, spec, "search")
+        numbers = [value for value in args if _is_number(value)]
+        wide = kind in ("choice", "grid") and len(numbers) == len(args) and min(numbers) > 0 \
+            and max(numbers) / min(numbers) >= 100
+        settings.append(plots.Setting(key, key, log=kind == "loguniform" or wide))
     return settings
 
 
