@@ -166,15 +166,21 @@ class PerTaskEvalTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _add_task_losses(self, logits, labels, task_ids) -> None:
-        """Per-row sums of the next-token losses (HF's causal-LM shift: position t predicts
-        t+1, -100 ignored), added to the row's task."""
+        """Each row's summed next-token loss over its answer tokens (HF's causal-LM shift:
+        position t predicts t+1; -100 is ignored), added to its task. Row by row and on the
+        answer positions only: a float copy of a whole batch's logits (150k-word vocabularies)
+        would cost gigabytes of GPU memory on top of HF's own."""
         import torch
 
-        shifted = labels[:, 1:]
-        losses = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().transpose(1, 2), shifted, ignore_index=-100, reduction="none")
-        per_row = torch.stack([losses.sum(dim=1), (shifted != -100).sum(dim=1).float()], dim=1)
-        self._task_totals.index_add_(0, task_ids.cpu(), per_row.double().cpu())
+        totals = torch.zeros((labels.shape[0], 2), dtype=torch.float64)
+        for row in range(labels.shape[0]):
+            targets = labels[row, 1:]
+            answer = targets != -100
+            if answer.any():
+                loss = torch.nn.functional.cross_entropy(logits[row, :-1][answer].float(), targets[answer],
+                                                         reduction="sum")
+                totals[row] = torch.tensor([loss.item(), answer.sum().item()], dtype=torch.float64)
+        self._task_totals.index_add_(0, task_ids.cpu(), totals)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
