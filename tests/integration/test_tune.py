@@ -223,7 +223,7 @@ def test_export_merge_gives_a_plain_model_with_the_adapters_logits(asha, tmp_pat
     print(f"merged vs base + adapter: max logit difference {difference:.2e}")
     assert difference < 1e-4
     assert (base_logits - adapter_logits).abs().max().item() > 1e-2  # the adapter does change the model
-    generated = merged.generate(**inputs, max_new_tokens=4, do_sample=False)
+    generated = merged.generate(**inputs, min_new_tokens=4, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
 
 
