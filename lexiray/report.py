@@ -47,7 +47,11 @@ def collect_trials(layout: ExperimentLayout) -> list[TrialRecord]:
     """Every trial from Tune's experiment state, its results and its saved config."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(layout.root)
+    try:
+        analysis = ExperimentAnalysis(layout.root)
+    except ValueError:  # Tune saves its first snapshot a few seconds into a run
+        raise LexirayError(f"{layout.root}: no Tune experiment state yet (experiment_state-*.json); "
+                           "run the report again once the first trials have started") from None
     records = []
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id)
