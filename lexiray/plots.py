@@ -56,7 +56,7 @@ def _colours(rows: list[dict]) -> dict[str, tuple]:
     plt = _pyplot()
     cmap = plt.get_cmap("viridis")
     count = max(len(rows) - 1, 1)
-    return {row["trial_id"]: cmap(0.85 * index / count) for index, row in enumerate(rows)}
+    return {row["trial_id"]: cmap(0.75 * index / count) for index, row in enumerate(rows)}  # no pale yellow
 
 
 def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> bytes:
@@ -65,6 +65,7 @@ def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> byte
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(9, 5.5))
     colours = _colours(rows)
+    labels = []  # (x, y, text, colour) of each named curve's end
     for row in rows:
         points = [(h["step"], h[metric]) for h in row["history"] if h.get("step") is not None
                   and _number(h.get(metric))]
@@ -77,9 +78,9 @@ def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> byte
         if stopped:
             axis.plot(steps[-1], values[-1], marker="x", markersize=9, mew=2, color=colours[row["trial_id"]])
         if row["rank"] <= LABELLED_TRIALS:
-            note = f" #{row['rank']} {_short(row['trial_id'])}" + (f" ({row['status'].lower()})" if stopped else "")
-            axis.annotate(note, (steps[-1], values[-1]), fontsize=8, color=colours[row["trial_id"]],
-                          xytext=(4, 0), textcoords="offset points", va="center")
+            note = f"#{row['rank']} {_short(row['trial_id'])}" + (f" ({row['status'].lower()})" if stopped else "")
+            labels.append((steps[-1], values[-1], note, colours[row["trial_id"]]))
+    _label_ends(axis, labels)
     if max_t:
         axis.axvline(max_t, color="grey", linestyle=":", linewidth=1)
         axis.annotate("max_t", (max_t, 1), xycoords=("data", "axes fraction"), fontsize=8, color="grey",
@@ -90,6 +91,19 @@ def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> byte
     axis.margins(x=0.12)
     axis.grid(alpha=0.3)
     return _png(figure)
+
+
+def _label_ends(axis, labels: list[tuple]) -> None:
+    """Name each curve at its last point; curves ending at (nearly) the same point, such as
+    trials stopped at the same rung with the same loss, get their names stacked downwards."""
+    low, high = axis.get_ylim()
+    near = (high - low) * 0.03
+    placed: list[tuple[float, float]] = []
+    for x, y, text, colour in sorted(labels, key=lambda label: (label[0], -label[1])):
+        clashes = sum(1 for px, py in placed if px == x and abs(py - y) < near)
+        placed.append((x, y))
+        axis.annotate(text, (x, y), fontsize=8, color=colour, xytext=(7, -11 * clashes),
+                      textcoords="offset points", va="center")
 
 
 def metric_by_setting(rows: list[dict], settings: list[Setting], metric: str) -> bytes:
@@ -171,7 +185,7 @@ def task_losses(rows: list[dict], tasks: list[str], top: int = 5) -> bytes:
     group of bars per task, each bar labelled with its trial."""
     plt = _pyplot()
     chosen = [row for row in rows if row.get("task_losses")][:top]
-    figure, axis = plt.subplots(figsize=(max(7, 1.6 * len(tasks) * max(len(chosen), 1) / 2), 4.8))
+    figure, axis = plt.subplots(figsize=(min(12, max(7, 0.45 * len(tasks) * max(len(chosen), 1))), 4.8))
     width = 0.8 / max(len(chosen), 1)
     colours = _colours(chosen)
     for index, row in enumerate(chosen):
