@@ -331,30 +331,41 @@ def _duration(seconds: float) -> str:
 
 @app.command()
 def report(
-    path: str = typer.Argument(..., help="Experiment folder (storage_path/name)"),
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI; a running one too"),
     debug: bool = DebugOption,
 ):
-    """Rebuild and print the leaderboard (and plots) of an experiment folder."""
-    from lexiray.report import build_report, print_leaderboard
+    """Rebuild the leaderboard, the report/ folder (plots + README.md) and TensorBoard's HParams sessions."""
+    from lexiray.report import build_report, print_leaderboard, print_report_locations
     from lexiray.storage import find_experiment
 
-    summary = build_report(find_experiment(path))
+    layout = find_experiment(path)
+    summary = build_report(layout)
     print_leaderboard(summary, console)
+    print_report_locations(summary, layout, console)
 
 
 @app.command()
 def export(
-    path: str = typer.Argument(..., help="Experiment folder (storage_path/name)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Destination (default: PATH/best)"),
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Destination folder or URI "
+                                         "(default: PATH/best)"),
     trial: Optional[str] = typer.Option(None, "--trial", help="Trial id (default: the best)"),
+    merge: bool = typer.Option(False, "--merge", help="Also merge the LoRA into the base: OUTPUT becomes a "
+                               "standard HF model folder (safetensors), the adapter goes to OUTPUT/adapter"),
     debug: bool = DebugOption,
 ):
     """Export a trial's best adapter (default: the best trial's) with its tokenizer and config."""
     from lexiray.report import export_trial
-    from lexiray.storage import find_experiment
+    from lexiray.storage import find_experiment, is_uri
 
-    destination = export_trial(find_experiment(path), output, trial)
-    console.print(f"adapter exported to {destination}")
+    if output is not None and not is_uri(output):
+        output = str(Path(output).expanduser().resolve())
+    destination = export_trial(find_experiment(path), output, trial, merge=merge)
+    if merge:
+        console.print(f"merged model exported to {destination} (AutoModelForCausalLM.from_pretrained loads it); "
+                      f"adapter in {destination.rstrip('/')}/adapter")
+    else:
+        console.print(f"adapter exported to {destination}")
 
 
 def main() -> None:

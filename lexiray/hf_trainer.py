@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import resource
 import shutil
 import tempfile
@@ -41,6 +42,7 @@ PACKED_SDPA = "lexiray_packed_sdpa"
 # block-diagonal mask for sdpa / eager / flex; flash attention, batch 1, runs its varlen kernel).
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
                     "flash_attention_4", PACKED_SDPA)
+TASK_COLUMN = "task"  # the prepared datasets' task name per row ("" when the data has none)
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -106,13 +108,17 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
         model_init = _then(model_init, prepare_for_padding_free)
     # group_by_length: HF's length-grouped sampler reads the precomputed "length" column.
     columns = MODEL_COLUMNS + ["length"] if packing == "group_by_length" else MODEL_COLUMNS
-    trainer = Trainer(
+    # With task names in the eval set, each evaluation also reports eval_loss/<task>.
+    tasks = eval_task_names(eval_set)
+    eval_columns = [*columns, TASK_COLUMN] if tasks else columns
+    trainer = PerTaskEvalTrainer(
         model=model,
         model_init=model_init,
         args=training_arguments(config, output_dir, precision, cuda, eval_on_start),
         train_dataset=train_set.select_columns(columns),
-        eval_dataset=eval_set.select_columns(columns),
+        eval_dataset=eval_set.select_columns(eval_columns),
         data_collator=PadCollator(tokenizer.pad_token_id),
+        eval_collator=TaskTaggingCollator(PadCollator(tokenizer.pad_token_id), tasks) if tasks else None,
         processing_class=tokenizer,
         callbacks=list(callbacks),
     )
@@ -193,6 +199,110 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, position_id
                for start, end in zip(starts[:-1], starts[1:])]
     return torch.cat(outputs, dim=1), None  # sdpa_attention_forward returns (batch, sequence, heads, dim)
 
+# --------------------------------------------------------------------------- per-task eval loss
+
+
+def eval_task_names(eval_set) -> list[str]:
+    """The eval set's task names, sorted, when its rows name a task (LexiLingo's five);
+    none when the data has no task column or every row's task is empty."""
+    if TASK_COLUMN not in eval_set.column_names:
+        return []
+    names = sorted(set(eval_set[TASK_COLUMN]))
+    return names if any(names) else []
+
+
+def task_metric_name(task: str) -> str:
+    """`eval_loss/<task>` key part: a task name as a TensorBoard / CSV friendly word."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", task) or "untagged"
+
+
+class TaskTaggingCollator:
+    """The eval collator: the inner collator's batch plus `task_ids` (each row's task as an
+    index into `tasks`), which `PerTaskEvalTrainer` removes before the model's forward."""
+
+    def __init__(self, inner, tasks: list[str]):
+        self.inner = inner
+        self.task_index = {task: index for index, task in enumerate(tasks)}
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        task_ids = [self.task_index[feature.pop(TASK_COLUMN)] for feature in features]
+        batch = self.inner(features)
+        batch["task_ids"] = torch.tensor(task_ids, dtype=torch.long)
+        return batch
+
+
+class PerTaskEvalTrainer(Trainer):
+    """A HF `Trainer` whose evaluation also reports `eval_loss/<task>`: the mean loss per
+    answer token of each task, from the logits of the same forward pass that gives HF's
+    own eval_loss (which stays untouched: no second evaluation, no other loss path).
+    Without an `eval_collator` (no tasks) it is HF's Trainer."""
+
+    def __init__(self, *args, eval_collator: TaskTaggingCollator | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+        self._task_totals = None  # [task, (loss sum, token count)] during an evaluation
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        if self.eval_collator is None:
+            return super().get_eval_dataloader(eval_dataset)
+        train_collator, self.data_collator = self.data_collator, self.eval_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        task_ids = inputs.pop("task_ids", None)  # never reaches the model
+        if task_ids is None or self._task_totals is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        self._add_task_losses(outputs["logits"], inputs["labels"], task_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _add_task_losses(self, logits, labels, task_ids) -> None:
+        """Each row's summed next-token loss over its answer tokens (HF's causal-LM shift:
+        position t predicts t+1; -100 is ignored), added to its task. Row by row and on the
+        answer positions only: a float copy of a whole batch's logits (150k-word vocabularies)
+        would cost gigabytes of GPU memory on top of HF's own."""
+        import torch
+
+        totals = torch.zeros((labels.shape[0], 2), dtype=torch.float64)
+        for row in range(labels.shape[0]):
+            targets = labels[row, 1:]
+            answer = targets != -100
+            if answer.any():
+                loss = torch.nn.functional.cross_entropy(logits[row, :-1][answer].float(), targets[answer],
+                                                         reduction="sum")
+                totals[row] = torch.tensor([loss.item(), answer.sum().item()], dtype=torch.float64)
+        self._task_totals.index_add_(0, task_ids.cpu(), totals)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        if self.eval_collator is None:
+            return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                           metric_key_prefix)
+        import torch
+
+        tasks = list(self.eval_collator.task_index)
+        self._task_totals = torch.zeros((len(tasks), 2), dtype=torch.float64)
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            totals = self._task_totals
+        finally:
+            self._task_totals = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            totals = totals.to(self.args.device)  # every rank evaluated its shard of the rows
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
+        for task, (loss_sum, tokens) in zip(tasks, totals.tolist()):
+            if tokens:
+                output.metrics[f"{metric_key_prefix}_loss/{task_metric_name(task)}"] = loss_sum / tokens
+        return output
+
 
 # --------------------------------------------------------------------------- callbacks
 
@@ -237,6 +347,14 @@ class ThroughputMeter(TrainerCallback):
             self.last_step_end = self.clock()
             self.train_seconds += self.last_step_end - self.step_began
             self.step_began = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        """Training logs also carry the throughput so far: the TensorBoard callback (after
+        this one) draws it as curves. `state.log_history` took its copy before callbacks run."""
+        if logs is not None and "loss" in logs and state.global_step > self.start_step:
+            current = self.metrics(args, state)
+            for key in ("samples_per_second", "tokens_per_second", "peak_memory_mb"):
+                logs[key] = current[key]
 
     def metrics(self, args, state) -> dict:
         steps = state.global_step - self.start_step

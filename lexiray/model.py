@@ -148,3 +148,22 @@ def load_adapter_for_inference(adapter_dir: str, base_name: str | None = None):
     base = resolve_model_path(base_name) if base_name else adapter_config["base_model_name_or_path"]
     model = AutoModelForCausalLM.from_pretrained(base)
     return PeftModel.from_pretrained(model, adapter_dir), AutoTokenizer.from_pretrained(adapter_dir)
+
+
+def merge_adapter(adapter_dir: str, output_dir: str, settings: ModelSettings, precision: str) -> None:
+    """The adapter merged into its base (PEFT's merge_and_unload), saved as a standard HF
+    model folder (safetensors + tokenizer) that loads with AutoModelForCausalLM alone.
+
+    The base is loaded unquantized at `precision`, the dtype the trial trained in: for a
+    QLoRA trial that is the 4-bit layers' compute dtype, because folding a LoRA update into
+    4-bit weights would round it away (and a 4-bit checkpoint is not a standard folder)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(settings.name), dtype=compute_dtype(precision),
+        trust_remote_code=settings.trust_remote_code, revision=settings.revision)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.config.use_cache = True  # generation wants it; training had turned it off
+    merged.save_pretrained(output_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(output_dir)

@@ -1,7 +1,9 @@
-"""Results of a tuning experiment -> leaderboard, plot, summary, best-adapter export.
+"""Results of a tuning experiment -> leaderboard, report folder (plots + README),
+TensorBoard HParams sessions, summary, best-adapter export (optionally merged).
 
 Reads what the experiment wrote (Tune's trial results, each trial's resolved config saved
-where it ran) through `lexiray.storage`; never re-runs or re-derives anything.
+where it ran) through `lexiray.storage`; never re-runs or re-derives anything, so it works
+on a running experiment too (its trials show as RUNNING).
 """
 
 from __future__ import annotations
@@ -10,21 +12,25 @@ import csv
 import io
 import json
 import math
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lexiray import storage
-from lexiray.config import ExperimentConfig
+from lexiray import plots, storage
+from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig, parse_distribution
 from lexiray.errors import LexirayError
+from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout
 from lexiray.tune import TuningRun
 
 LEADERBOARD_COLUMNS = [
     "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",
-    "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "oom_retries", "ran_with",
-    "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s",
+    "final_eval_loss", "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "oom_retries",
+    "ran_with", "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s",
     "best_checkpoint",
 ]
+TASK_LOSS_PREFIX = "eval_loss/"  # eval_loss/<task>, from hf_trainer's per-task evaluation
 
 
 @dataclass
@@ -42,7 +48,11 @@ def collect_trials(layout: ExperimentLayout) -> list[TrialRecord]:
     """Every trial from Tune's experiment state, its results and its saved config."""
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(layout.root)
+    try:
+        analysis = ExperimentAnalysis(layout.root)
+    except ValueError:  # Tune saves its first snapshot a few seconds into a run
+        raise LexirayError(f"{layout.root}: no Tune experiment state yet (experiment_state-*.json); "
+                           "run the report again once the first trials have started") from None
     records = []
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id)
@@ -75,17 +85,24 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
     else:
         status = record.tune_status
     config = record.config
+    evaluated = [r for r in record.reports if _is_number(r.get("eval_loss"))]
+    # The best checkpoint's loss on each task (the same evaluation as its eval_loss).
+    task_losses = {key[len(TASK_LOSS_PREFIX):]: value for key, value in best.items()
+                   if key.startswith(TASK_LOSS_PREFIX) and _is_number(value)}
     return {
         "trial_id": record.trial_id,
         "status": status,
         metric: best.get(metric),
         "eval_loss": best.get("eval_loss"),
+        **{TASK_LOSS_PREFIX + task: value for task, value in task_losses.items()},
+        "final_eval_loss": evaluated[-1]["eval_loss"] if evaluated else None,
         "steps": steps,
         "total_steps": total,
         "stopped_early": status == "STOPPED",
         "learning_rate": config.training.learning_rate if config else record.sample.get("training.learning_rate"),
         "lora_r": config.lora.r if config else None,
         "lora_alpha": config.lora.alpha if config else None,
+        "lora_dropout": config.lora.dropout if config else None,
         "batch_size": config.training.per_device_train_batch_size if config else None,
         "grad_accum": config.training.gradient_accumulation_steps if config else None,
         # out-of-memory back-off (lexiray.oom): rungs taken, and the settings they changed
@@ -97,8 +114,10 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
         "estimated_memory_gb": last.get("estimated_memory_gb"),
         "eval_loss_at_start": last.get("eval_loss_at_start"),
         "wall_time_s": last.get("time_total_s"),
+        "precision": last.get("precision"),  # the worker's dtype: `export --merge` loads the base in it
         "best_checkpoint": best.get("checkpoint_path"),
         "sample": record.sample,
+        "task_losses": task_losses,
         "history": [{"step": r.get("step"), metric: r.get(metric)} for r in scored],
     }
 
@@ -115,10 +134,24 @@ def leaderboard_rows(records: list[TrialRecord], metric: str = "eval_loss", mode
     return rows
 
 
-def leaderboard_csv(rows: list[dict], metric: str) -> str:
+def task_names(rows: list[dict]) -> list[str]:
+    """The tasks any trial has a per-task eval_loss for, sorted."""
+    return sorted({task for row in rows for task in row.get("task_losses", {})})
+
+
+def leaderboard_columns(rows: list[dict], metric: str) -> list[str]:
+    """leaderboard.csv's columns: the tuned metric after the status, then eval_loss and
+    the per-task losses beside it."""
     columns = list(LEADERBOARD_COLUMNS)
     if metric not in columns:
         columns.insert(columns.index("status") + 1, metric)
+    at = columns.index("eval_loss") + 1
+    columns[at:at] = [TASK_LOSS_PREFIX + task for task in task_names(rows)]
+    return columns
+
+
+def leaderboard_csv(rows: list[dict], metric: str) -> str:
+    columns = leaderboard_columns(rows, metric)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -126,38 +159,172 @@ def leaderboard_csv(rows: list[dict], metric: str) -> str:
     return text.getvalue()
 
 
-def plot_curves(rows: list[dict], location: str, title: str, metric: str = "eval_loss") -> str | None:
-    try:
-        import matplotlib
+# --------------------------------------------------------------------------- report folder
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    figure, axis = plt.subplots(figsize=(8, 5))
+
+def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
+    """The sampled settings of the search block (derived ones follow them), log-scaled
+    where the search drew them log-uniformly or lists values two decades apart or more
+    (a grid of learning rates)."""
+    settings = []
+    for key, spec in config.search.items():
+        if isinstance(spec, str):
+            continue
+        kind, args = parse_distribution(key, spec, "search")
+        numbers = [value for value in args if _is_number(value)]
+        wide = kind in ("choice", "grid") and len(numbers) == len(args) and min(numbers) > 0 \
+            and max(numbers) / min(numbers) >= 100
+        settings.append(plots.Setting(key, key, log=kind == "loguniform" or wide))
+    return settings
+
+
+def _cell(value, fmt: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return format(value, fmt) if fmt and _is_number(value) else str(value)
+
+
+def leaderboard_markdown(rows: list[dict], metric: str) -> str:
+    """The leaderboard as a Markdown table: leaderboard.csv's rows, numbers rounded."""
+    tasks = task_names(rows)
+    header = ["#", "trial", "status", metric, *([] if metric == "eval_loss" else ["eval_loss"]),
+              *(f"{TASK_LOSS_PREFIX}{task}" for task in tasks), "final eval_loss", "steps", "lr", "r", "alpha",
+              "batch×accum", "samples/s", "tokens/s", "peak MB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        points = [(h["step"], h[metric]) for h in row["history"] if h["step"] is not None]
-        if points:
-            axis.plot(*zip(*points), marker="o", markersize=3, label=f"{row['trial_id']} ({row['status'].lower()})")
-    axis.set_xlabel("training step")
-    axis.set_ylabel(metric)
-    axis.set_title(f"{title}: {metric} per trial")
-    if axis.lines:  # every trial may have been skipped: no curve to label
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=110)
-    plt.close(figure)
-    storage.write_bytes(location, image.getvalue())
-    return location
+        cells = [str(row["rank"]), row["trial_id"], row["status"].lower(), _cell(row.get(metric), ".4f"),
+                 *([] if metric == "eval_loss" else [_cell(row["eval_loss"], ".4f")]),
+                 *(_cell(row.get(TASK_LOSS_PREFIX + task), ".4f") for task in tasks),
+                 _cell(row["final_eval_loss"], ".4f"), f"{row['steps']}/{row['total_steps'] or '?'}",
+                 _cell(row["learning_rate"], ".2e"), _cell(row["lora_r"]), _cell(row["lora_alpha"]),
+                 f"{_cell(row['batch_size'])}×{_cell(row['grad_accum'])}", _cell(row["samples_per_second"], ".1f"),
+                 _cell(row["tokens_per_second"], ".0f"), _cell(row["peak_memory_mb"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report_folder(layout: ExperimentLayout, rows: list[dict], summary: dict, config: ExperimentConfig,
+                        max_t: int | None) -> dict[str, str]:
+    """`report/`: the PNG plots and README.md embedding them under the leaderboard.
+    Returns {plot file name: what it shows}."""
+    metric = summary["metric"]
+    figures: dict[str, tuple[bytes, str]] = {
+        f"{metric}.png": (plots.curves(rows, metric, max_t, layout.name),
+                          f"{metric} against the training step, every trial on one axis; trials stopped early "
+                          "are dashed and end in an x"),
+    }
+    settings = searched_settings(config)
+    if settings:
+        figures[f"{metric}_by_setting.png"] = (
+            plots.metric_by_setting(rows, settings, metric),
+            f"each trial's best {metric} against each searched setting (log axis for log-uniform ones)")
+    figures["quality_speed.png"] = (
+        plots.quality_speed(rows, metric),
+        f"best {metric} against training samples/s and against peak memory; the Pareto front's trials named")
+    tasks = task_names(rows)
+    if tasks:
+        figures["task_losses.png"] = (plots.task_losses(rows, tasks),
+                                      "per-task eval_loss of the top trials, at each one's best checkpoint")
+    for name, (image, _) in figures.items():
+        storage.write_bytes(layout.report_file(name), image)
+    best = summary.get("best") or {}
+    lines = [f"# {layout.name}", "",
+             f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored), "
+             f"{summary['total_steps_trained']} training steps; ranked by {metric} ({summary['mode']})."
+             + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if _is_number(best.get(metric))
+                else ""), "",
+             "## Leaderboard", "", leaderboard_markdown(rows, metric), "",
+             f"TensorBoard (curves and the HParams dashboard): `tensorboard --logdir {layout.tensorboard_dir}`", ""]
+    for name, (_, caption) in figures.items():
+        lines += [f"## {caption[0].upper()}{caption[1:]}", "", f"![{caption}]({name})", ""]
+    storage.write_text(layout.report_file("README.md"), "\n".join(lines))
+    return {name: caption for name, (_, caption) in figures.items()}
+
+
+# --------------------------------------------------------------------------- TensorBoard HParams
+
+# Leaderboard columns shown as hyperparameters, with the search keys they stand for.
+HPARAM_COLUMNS = {"learning_rate": "training.learning_rate", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+                  "lora_dropout": "lora.dropout", "batch_size": BATCH_KEY, "grad_accum": ACCUMULATION_KEY}
+HPARAM_METRICS = {"best_eval_loss": "eval_loss", "final_eval_loss": "final_eval_loss", "steps": "steps",
+                  "stopped_early": "stopped_early", "samples_per_second": "samples_per_second",
+                  "peak_memory_mb": "peak_memory_mb"}
+
+
+def session_hparams(row: dict) -> dict:
+    """A trial's settings for its HParams session: the usual ones from its config, every
+    other sampled setting under its search key, and batch × accumulation as one value."""
+    values = {name: row[name] for name in HPARAM_COLUMNS if row.get(name) is not None}
+    covered = set(HPARAM_COLUMNS.values())
+    values.update({key: value for key, value in row["sample"].items()
+                   if key not in covered and isinstance(value, (int, float, str, bool))})
+    if row.get("batch_size") is not None:
+        values["batch_x_accum"] = f"{row['batch_size']}x{row['grad_accum']}"
+    return values
+
+
+def session_metrics(row: dict) -> dict[str, float]:
+    """A trial's summary numbers, logged as `hparams/<name>` scalars in its run."""
+    metrics = {name: row.get(column) for name, column in HPARAM_METRICS.items()}
+    metrics["stopped_early"] = float(bool(row["stopped_early"]))
+    metrics.update({f"best_eval_loss/{task}": value for task, value in row.get("task_losses", {}).items()})
+    return {f"hparams/{name}": float(value) for name, value in metrics.items() if _is_number(value)}
+
+
+def _hparam_domain(values: list):
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    if all(isinstance(v, float) for v in values) and min(values) < max(values):
+        return hp.RealInterval(float(min(values)), float(max(values)))
+    kinds = {type(v) for v in values}
+    if len(kinds) == 1:
+        return hp.Discrete(sorted(set(values)))
+    return None  # mixed types: TensorBoard shows the values without a domain
+
+
+def write_hparams(layout: ExperimentLayout, rows: list[dict]) -> int:
+    """One HParams session per trial, in the trial's own TensorBoard run (beside its HF
+    curves, so the dashboard links the two). Written from the final records by every
+    report into one fixed file per trial, so a trial that was stopped and resumed is still
+    one session, and reports can run again (idempotent). Each file also carries the
+    experiment's list of hparams and metrics (identical in every run). Returns the count."""
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    sessions = [(row, session_hparams(row), session_metrics(row)) for row in rows]
+    names = sorted({name for _, values, _ in sessions for name in values})
+    hparams = {name: hp.HParam(name, _hparam_domain([v[name] for _, v, _ in sessions if name in v]))
+               for name in names}
+    metric_tags = sorted({tag for _, _, metrics in sessions for tag in metrics})
+    experiment = hp.hparams_config_pb(list(hparams.values()), [hp.Metric(tag) for tag in metric_tags])
+    now = time.time()
+    for row, values, metrics in sessions:
+        session = hp.hparams_pb({hparams[name]: value for name, value in values.items()},
+                                trial_id=row["trial_id"], start_time_secs=now)
+        events = [event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
+                  event_pb2.Event(wall_time=now, summary=experiment),
+                  event_pb2.Event(wall_time=now, summary=session)]
+        for tag, value in metrics.items():
+            summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
+            events.append(event_pb2.Event(wall_time=now, step=int(row["steps"]), summary=summary))
+        data = io.BytesIO()
+        writer = RecordWriter(data)
+        for event in events:
+            writer.write(event.SerializeToString())
+        location = layout.trial_hparams_file(row["trial_id"], describe_sample(row["sample"]))
+        storage.write_bytes(location, data.getvalue())
+    return len(sessions)
 
 
 def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s: float | None = None) -> dict:
-    """leaderboard.csv, summary.json and the metric's plot, written into the experiment
-    (a local folder or a URI)."""
+    """leaderboard.csv, summary.json, every trial's HParams session in TensorBoard and the
+    `report/` folder (plots + README.md), written into the experiment (a local folder or
+    a URI). Works on a running experiment: it reads what the trials reported so far."""
     config = storage.read_experiment_config(layout)
     metric, mode = config.tune.metric, config.tune.mode
     rows = leaderboard_rows(collect_trials(layout), metric, mode, max_t)
+    max_t = max_t or max((row["total_steps"] or 0 for row in rows), default=0) or None
     storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
     summary = {
         "experiment": layout.root,
@@ -169,14 +336,17 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "skipped_memory": sum(r["status"] == "SKIPPED" for r in rows),
         "total_steps_trained": sum(r["steps"] for r in rows),
         "wall_time_s": wall_time_s,
+        "tasks": task_names(rows),
         "best": {k: v for k, v in rows[0].items() if k != "history"} if rows else None,
         "leaderboard": [{k: v for k, v in r.items() if k != "history"} for r in rows],
         "tensorboard": layout.tensorboard_dir,
         "eval_loss_at_start": next((row["eval_loss_at_start"] for row in rows if row.get("eval_loss_at_start")), None),
+        "hparams_sessions": write_hparams(layout, rows),
     }
-    if config.report.plots:
-        plot = plot_curves(rows, layout.plot_file(metric), layout.name, metric)
-        summary["plot"] = plot
+    if config.report.plots and rows:
+        summary["report"] = layout.report_dir
+        summary["plots"] = write_report_folder(layout, rows, summary, config, max_t)
+        summary["plot"] = layout.plot_file(metric)
     storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
     return summary
 
@@ -219,9 +389,12 @@ def oom_cell(row: dict) -> str:
     return f"{row['oom_retries']}: {row['ran_with']}" if row.get("ran_with") else str(row["oom_retries"])
 
 
-def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None) -> str:
+def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None,
+                 merge: bool = False) -> str:
     """Export a trial's best checkpoint (default: the leaderboard's first) to `destination`
-    (default: the experiment's `best/`, beside the leaderboard, local or at the URI)."""
+    (default: the experiment's `best/`, beside the leaderboard, local or at the URI): its
+    adapter, tokenizer and config. With `merge`, `destination` is instead a standard HF
+    model folder (the LoRA merged into the base) and the adapter goes to its `adapter/`."""
     summary = read_summary(layout) or build_report(layout)
     rows = summary["leaderboard"]
     row = next((r for r in rows if r["trial_id"] == trial_id), None) if trial_id else (rows[0] if rows else None)
@@ -235,12 +408,54 @@ def export_trial(layout: ExperimentLayout, destination: str | Path | None = None
     if config is None:
         raise LexirayError(f"{layout.root}: trial {row['trial_id']} has no saved config")
     destination = str(destination or layout.best_dir)
-    metric = summary["metric"]
+    if merge:
+        export_merged(layout, row, config, destination, summary["metric"])
+    else:
+        _export_adapter(layout, row, config, destination, summary["metric"])
+    return destination
+
+
+def _export_adapter(layout: ExperimentLayout, row: dict, config: ExperimentConfig, destination: str,
+                    metric: str) -> None:
     storage.export_adapter(layout.checkpoint(row["best_checkpoint"]), destination, config,
-                           final_metrics={k: v for k, v in row.items() if k != "sample"},
+                           final_metrics={k: v for k, v in row.items() if k not in ("sample", "task_losses")},
                            best_metrics={metric: row.get(metric), "eval_loss": row["eval_loss"],
                                          "trial_id": row["trial_id"]})
-    return destination
+
+
+def export_merged(layout: ExperimentLayout, row: dict, config: ExperimentConfig, destination: str,
+                  metric: str) -> None:
+    """`export --merge`: the adapter in `destination/adapter`, merged into the base in
+    `destination` (safetensors, tokenizer) with a README.md saying what was merged how.
+    A URI destination is assembled locally, then uploaded."""
+    from lexiray.model import merge_adapter
+
+    if storage.is_uri(destination):
+        with tempfile.TemporaryDirectory() as staging:
+            export_merged(layout, row, config, staging, metric)
+            storage.upload_folder(Path(staging), destination)
+        return
+    adapter_dir = str(Path(destination) / "adapter")
+    _export_adapter(layout, row, config, adapter_dir, metric)
+    precision = row.get("precision") or "fp32"  # the dtype the trial's worker trained in
+    merge_adapter(adapter_dir, destination, config.model, precision)
+    storage.write_text(str(Path(destination) / "README.md"), merge_note(layout, row, config, precision, metric))
+
+
+def merge_note(layout: ExperimentLayout, row: dict, config: ExperimentConfig, precision: str, metric: str) -> str:
+    lines = [f"# {config.model.name} + LoRA of trial {row['trial_id']}", "",
+             f"Experiment {layout.root}, trial {row['trial_id']}: best {metric} {_cell(row.get(metric), '.4f')} "
+             f"at checkpoint {row['best_checkpoint']}.", "",
+             f"The LoRA adapter (r {row['lora_r']}, alpha {row['lora_alpha']}) is merged into the base model "
+             f"`{config.model.name}` loaded at {precision}, the precision the trial trained in, and saved as "
+             "safetensors: `AutoModelForCausalLM.from_pretrained(this folder)` loads it without peft.", ""]
+    if config.model.quantization != "none":
+        lines += [f"This was a QLoRA trial: the adapter trained on the {config.model.quantization} quantized base. "
+                  f"It is merged into the base loaded unquantized at the compute dtype ({precision}), not into "
+                  f"{config.model.quantization} weights (which would round the update away); outputs differ "
+                  "slightly from the quantized model the adapter trained with.", ""]
+    lines += ["The adapter alone (for `PeftModel.from_pretrained`) is in `adapter/`.", ""]
+    return "\n".join(lines)
 
 
 def finish_experiment(run: TuningRun, console) -> dict:
@@ -270,6 +485,13 @@ def finish_experiment(run: TuningRun, console) -> dict:
                 line += f"; worst finished trial {worst:.4f} ({worst / best['eval_loss'] - 1:+.0%} vs the best)"
             console.print(line)
         console.print(f"best adapter: {destination}")
-    console.print(f"leaderboard: {layout.leaderboard_file}")
-    console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
+    print_report_locations(summary, layout, console)
     return summary
+
+
+def print_report_locations(summary: dict, layout: ExperimentLayout, console) -> None:
+    console.print(f"leaderboard: {layout.leaderboard_file}")
+    if summary.get("report"):
+        console.print(f"report: {layout.report_file('README.md')} (plots in {summary['report']}: "
+                      f"{', '.join(summary['plots'])})")
+    console.print(f"tensorboard --logdir {layout.tensorboard_dir}")

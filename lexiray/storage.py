@@ -10,8 +10,9 @@ lexiray's files):
     trials/<id>/config.yaml  the trial's resolved config, written where it ran
     finished/<id>.json       "this trial is over" (done or stopped by ASHA), written at once
     finished/history/<id>.jsonl   every result of a trial, as it arrived (resume replays them)
-    tensorboard/<id> <sample>/    HF curves of each trial
-    leaderboard.csv  summary.json  eval_loss.png  best/
+    tensorboard/<id> <sample>/    HF curves of each trial, and its HParams session (written by the report)
+    leaderboard.csv  summary.json  best/
+    report/                  README.md with the leaderboard and the PNG plots
 
 The same layout at a URI (s3://, gs://, file://) on a cluster: every file above is written
 and read through pyarrow, so a remote experiment resumes, reports and exports like a local
@@ -216,8 +217,21 @@ class ExperimentLayout:
     def summary_file(self) -> str:
         return self.path("summary.json")
 
+    def trial_hparams_file(self, trial_id: str, label: str) -> str:
+        """The trial's HParams session, inside its own TensorBoard run: one fixed name that
+        each report rewrites, so a stopped-and-resumed trial stays one session. The name
+        sorts after the timestamped files of HF's writer."""
+        return join(self.trial_tensorboard_dir(trial_id, label), "events.out.tfevents.9999999999.lexiray-hparams")
+
+    @property
+    def report_dir(self) -> str:
+        return self.path("report")
+
+    def report_file(self, name: str) -> str:
+        return self.path("report", name)
+
     def plot_file(self, metric: str) -> str:
-        return self.path(f"{metric}.png")
+        return self.report_file(f"{metric}.png")
 
     @property
     def best_dir(self) -> str:

@@ -126,6 +126,11 @@ def no_ray_leftovers():
     """A test that starts Ray ends with none of its Ray processes alive: they get a grace
     period to exit on their own, then are killed, and the test fails naming them."""
     yield
+    check_no_ray_leftovers()
+
+
+def check_no_ray_leftovers() -> None:
+    """no_ray_leftovers' check, for module-scoped fixtures that start Ray once."""
     deadline = time.time() + SHUTDOWN_GRACE_S
     while time.time() < deadline:
         _reap_children()

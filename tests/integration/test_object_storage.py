@@ -133,9 +133,10 @@ def test_tuning_on_s3_survives_a_driver_kill_and_reports_and_exports_from_the_bu
     assert evaluate_adapter(exported, exported / "config.yaml") == pytest.approx(metrics["eval_loss_best"], rel=1e-4)
 
     written = sorted(_all_keys(layout))
-    for expected in ("config.yaml", "leaderboard.csv", "summary.json", "eval_loss.png", "best/adapter_model.safetensors",
-                     "tuner.pkl"):
+    for expected in ("config.yaml", "leaderboard.csv", "summary.json", "report/README.md", "report/eval_loss.png",
+                     "best/adapter_model.safetensors", "tuner.pkl"):
         assert expected in written, expected
+    assert sum(key.endswith(".lexiray-hparams") for key in written) == 3  # one HParams session per trial
     assert sum(key.startswith("finished/history/") for key in written) == 3
     assert sum(key.startswith("tensorboard/") for key in written) >= 3
     assert sum(key.endswith("checkpoint/adapter_model.safetensors") for key in written) >= 3

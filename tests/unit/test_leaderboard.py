@@ -8,6 +8,7 @@ import csv
 import pytest
 
 from lexiray.config import apply_sample, load_config
+from lexiray.plots import pareto_front
 from lexiray.report import TrialRecord, leaderboard_csv, leaderboard_rows
 
 BASE = load_config("smoke")
@@ -87,3 +88,24 @@ def test_max_t_fills_in_when_reports_lack_total_steps(total):
     record = TrialRecord("t", "TERMINATED", [{"step": 36, "eval_loss": 1.0}])
     row = leaderboard_rows([record], max_t=total)[0]
     assert row["status"] == ("DONE" if total else "STOPPED")
+
+
+def test_per_task_losses_come_from_the_best_report_and_get_their_columns():
+    reports = [{"step": 6, "eval_loss": 3.0, "eval_loss/grammar": 2.0, "eval_loss/vocabulary": 4.5, "total_steps": 12},
+               {"step": 12, "eval_loss": 3.2, "eval_loss/grammar": 2.1, "eval_loss/vocabulary": 4.9, "total_steps": 12}]
+    row = leaderboard_rows([TrialRecord("t", "TERMINATED", reports)])[0]
+    assert row["task_losses"] == {"grammar": 2.0, "vocabulary": 4.5}  # step 6: the best eval_loss
+    assert row["final_eval_loss"] == 3.2
+    header, first = list(csv.reader(leaderboard_csv([row], "eval_loss").splitlines()))
+    at = header.index("eval_loss")
+    assert header[at:at + 3] == ["eval_loss", "eval_loss/grammar", "eval_loss/vocabulary"]
+    assert first[at:at + 3] == ["3.0", "2.0", "4.5"]
+
+
+def test_pareto_front_keeps_only_undominated_trials():
+    points = [(10.0, 2.0, "fast-good"), (5.0, 1.5, "slow-best"), (8.0, 2.5, "dominated"), (12.0, 3.0, "fastest"),
+              (4.0, 1.6, "slow-worse")]
+    front = pareto_front(points, higher_x_is_better=True)
+    assert [name for _, _, name in front] == ["fastest", "fast-good", "slow-best"]
+    memory = [(100.0, 2.0, "small"), (200.0, 1.0, "big-best"), (150.0, 2.5, "dominated")]
+    assert [name for _, _, name in pareto_front(memory, higher_x_is_better=False)] == ["small", "big-best"]
