@@ -53,9 +53,11 @@ def two_node_cluster(tmp_path):
     try:
         _run([*RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs_port}",
               "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=1",
-              f"--temp-dir={temp_root / 'head'}"], env)
+              # the job agent's HTTP port: Ray's default (52365) may be taken by another Ray here
+              f"--dashboard-agent-listen-port={free_port()}", f"--temp-dir={temp_root / 'head'}"], env)
         _run([*RAY, "start", f"--address=127.0.0.1:{gcs_port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-              '--resources={"accelerator_type:T4": 2}', f"--temp-dir={temp_root / 'worker'}"], env)
+              '--resources={"accelerator_type:T4": 2}', f"--dashboard-agent-listen-port={free_port()}",
+              f"--temp-dir={temp_root / 'worker'}"], env)
         yield {"env": env, "dashboard": f"http://127.0.0.1:{dashboard_port}", "gcs": f"127.0.0.1:{gcs_port}"}
     finally:
         started = [pid for pid in ray_processes() if pid not in before]
