@@ -22,7 +22,19 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config path or preset name (default: smoke)")
 SetOption = typer.Option(None, "--set", "-s", help="Override a setting, e.g. --set lora.r=32 (repeatable)")
-DebugOption = typer.Option(False, "--debug", help="Show tracebacks")
+
+class _Flags:
+    debug = False  # set by --debug as it is parsed; main() reads it when an error ends the command
+
+
+def _set_debug(value: bool) -> bool:
+    if value:
+        _Flags.debug = True
+        logging.getLogger().setLevel(logging.INFO)
+    return value
+
+
+DebugOption = typer.Option(False, "--debug", help="Show tracebacks", callback=_set_debug, is_eager=True)
 VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs")
 
 
@@ -98,6 +110,9 @@ def tune(
     chaos: Optional[str] = typer.Option(None, "--chaos",
                                         help="Testing aid: kill-worker@step=N or kill-save@step=N [,trial=K]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
+    resume_existing: bool = typer.Option(False, "--resume", help="Continue the experiment of this --name when "
+                                         "it exists already"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the experiment of this --name"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
 ):
@@ -105,9 +120,13 @@ def tune(
     from lexiray.report import finish_experiment
     from lexiray.tune import run_tuning
 
+    if resume_existing and overwrite:
+        raise LexirayError("lexiray tune: --resume continues the experiment and --overwrite replaces it; give one")
     overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name)
     settings = _load(config, overrides)
-    run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose)
+    existing = "resume" if resume_existing else "overwrite" if overwrite else "refuse"
+    run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose,
+                     existing=existing)
     finish_experiment(run, console)
 
 
@@ -356,15 +375,14 @@ def export(
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
         app(standalone_mode=False)
     except LexirayError as error:
-        if debug:
+        if _Flags.debug:
             traceback.print_exc()
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {error}", markup=False)
         sys.exit(2)

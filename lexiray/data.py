@@ -7,6 +7,7 @@ Arrow to the experiment folder and memory-mapped by every trial, never re-tokeni
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -70,9 +71,28 @@ def resolve_source(path: str) -> str:
     return str(BUNDLED_DATA) if path.strip().lower() in BUNDLED_NAMES else path
 
 
+def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError, line: int) -> DataError:
+    """Which line a decoding error is on: a file in another encoding fails as a whole."""
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return DataError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at column {column}): "
+                     "save the file as UTF-8")
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, data, error, data.count(b"\n", 0, error.start) + 1) from None
+
+
 def _records_from_jsonl(path: Path) -> Iterable[Record]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, raw, error, number) from None
             if not line.strip():
                 continue
             origin = f"{path}:{number}"
@@ -85,6 +105,15 @@ def _records_from_jsonl(path: Path) -> Iterable[Record]:
 def _records_from_rows(rows: Iterable[Any], label: str, first: int = 1) -> Iterable[Record]:
     for number, row in enumerate(rows, start=first):
         yield Record(row, f"{label}:row {number}")
+
+
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".arrow")
+
+
+def _looks_local(path: Path) -> bool:
+    """'data/train.jsonl' is a missing file, not a Hub dataset id: it has a data file's suffix,
+    or its first folder is here."""
+    return path.suffix.lower() in DATA_SUFFIXES or Path(path.parts[0]).is_dir()
 
 
 def load_records(path: str) -> list[Record]:
@@ -107,7 +136,7 @@ def load_records(path: str) -> list[Record]:
         if suffix in (".jsonl", ".ndjson"):
             return list(_records_from_jsonl(local))
         if suffix == ".json":
-            text = local.read_text(encoding="utf-8")
+            text = _read_utf8(local)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
@@ -118,8 +147,8 @@ def load_records(path: str) -> list[Record]:
                 raise DataError(f"data.path {path}: a .json file must hold a list of rows")
             return list(_records_from_rows(data, str(local)))
         if suffix == ".csv":
-            with local.open(encoding="utf-8", newline="") as handle:
-                return list(_records_from_rows(csv.DictReader(handle), str(local), first=2))
+            rows = csv.DictReader(io.StringIO(_read_utf8(local), newline=""))
+            return list(_records_from_rows(rows, str(local), first=2))
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
@@ -132,7 +161,7 @@ def load_records(path: str) -> list[Record]:
             f"data.path {path}: unsupported file type '{suffix}' "
             "(use .jsonl, .json, .csv, .parquet, .arrow, a save_to_disk folder or a dataset id)"
         )
-    if "/" in source and not source.startswith((".", "/", "~")):
+    if "/" in source and not source.startswith((".", "/", "~")) and not _looks_local(local):
         import datasets
 
         try:
@@ -497,14 +526,18 @@ def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
     examples, bad_tokenized, dropped = _tokenize_all(formatted, tokenizer, settings)
     bad += bad_tokenized
     _check_bad_share(bad, len(records), settings, f"data.path {settings.path}")
-    if not examples:
-        raise DataError(f"data.path {settings.path}: every row was dropped as longer than "
-                        f"data.max_seq_length={settings.max_seq_length}; raise it")
+    if not examples or all(example.truncated for example in examples):
+        what = "dropped as longer" if not examples else "truncated: it is longer"
+        raise DataError(f"data.path {settings.path}: every row was {what} than "
+                        f"data.max_seq_length={settings.max_seq_length}; raise it (`lexiray analyze` recommends one)")
     if settings.eval_path:
         eval_records = load_records(settings.eval_path)
         eval_formatted, eval_bad, _ = _format_records(eval_records, settings)
         eval_examples, eval_bad_tok, _ = _tokenize_all(eval_formatted, tokenizer, settings)
         _check_bad_share(eval_bad + eval_bad_tok, len(eval_records), settings, f"data.eval_path {settings.eval_path}")
+        if not eval_examples:
+            raise DataError(f"data.eval_path {settings.eval_path}: no usable rows to evaluate on; fill it, or "
+                            "remove data.eval_path to split the eval rows off data.path")
         train_examples = examples
     else:
         train_idx, eval_idx = split_indices([e.task for e in examples], settings.eval_fraction, settings.split_seed)

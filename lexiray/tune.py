@@ -22,7 +22,7 @@ from lexiray.cluster import check_resources, check_shared_storage, default_concu
 from lexiray.config import ExperimentConfig
 from lexiray.data import prepare_data
 from lexiray.errors import ConfigError, LexirayError
-from lexiray.model import load_tokenizer
+from lexiray.model import check_bitsandbytes, load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout
@@ -59,6 +59,9 @@ def check_schedule(config: ExperimentConfig, max_t: int) -> tuple[int, int]:
             "see one result per trial; lower training.save_steps (and eval_steps)"
         )
     grace = config.tune.grace_period or every
+    if config.tune.scheduler == "asha" and grace >= max_t:
+        raise ConfigError(f"tune.grace_period={grace} but a trial has only {max_t} steps: ASHA would stop no "
+                          "trial early; lower tune.grace_period (or raise tune.max_t)")
     if grace % every:
         raise ConfigError(f"tune.grace_period={grace} is not a multiple of training.eval_steps={every}: "
                           "ASHA's rungs would fall between evaluations")
@@ -138,14 +141,27 @@ def quiet_trial_tracebacks(verbose: bool) -> None:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
-def _share_data(config: ExperimentConfig, console) -> tuple[TrainingData, int]:
-    """Tokenize once; put the Arrow tables in the object store for every trial."""
+def _prepare_data(config: ExperimentConfig, console):
+    """Tokenize once, in the driver, before Ray starts: a data mistake leaves no Ray session."""
     prepared = prepare_data(config.data, load_tokenizer(config.model))
     console.print(f"data: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
                   f"({prepared.shape} shape, {len(prepared.bad_rows)} skipped, {prepared.truncated} truncated), "
                   "tokenized once for all trials")
-    data = TrainingData(train_ref=ray.put(prepared.train.data.table), eval_ref=ray.put(prepared.eval.data.table))
-    return data, len(prepared.train)
+    return prepared
+
+
+def _share_data(prepared) -> TrainingData:
+    """The Arrow tables in the object store, for every trial."""
+    return TrainingData(train_ref=ray.put(prepared.train.data.table), eval_ref=ray.put(prepared.eval.data.table))
+
+
+def check_before_ray(config: ExperimentConfig, layout: ExperimentLayout, console):
+    """Every check that needs no cluster: model, bitsandbytes, data, schedule.
+    Returns (prepared data, max_t, grace)."""
+    check_bitsandbytes(config.model, config.training, config.resources.gpus_per_trial)
+    prepared = _prepare_data(config, console)
+    max_t, grace = check_schedule(config, total_steps(config, len(prepared.train)))
+    return prepared, max_t, grace
 
 
 def _trainable(plan: TrialPlan):
@@ -163,20 +179,29 @@ def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, 
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
-               verbose: bool = False) -> TuningRun:
-    """`lexiray tune`: validate everything, then run the Tuner."""
+               verbose: bool = False, existing: str = "refuse") -> TuningRun:
+    """`lexiray tune`: validate everything, then run the Tuner. `existing` says what to do
+    with an experiment of the same name: "refuse", "resume" it or "overwrite" it."""
     layout = ExperimentLayout.for_new_experiment(config)
-    if layout.exists():
-        raise LexirayError(f"experiment {layout.root} exists already: `lexiray resume {layout.root}` continues "
-                           "it, or pick another --name")
+    storage.check_storage(layout.storage_path)  # first: a dead endpoint would retry for a minute below
+    if layout.exists() and existing == "resume":
+        return resume_tuning(layout.root, console, address=address, verbose=verbose)
+    if layout.exists() and existing != "overwrite":
+        raise LexirayError(f"experiment {layout.root} exists already: `lexiray resume {layout.root}` (or tune "
+                           "--resume) continues it, --overwrite replaces it, or pick another --name")
+    if existing == "resume":
+        raise LexirayError(f"--resume: no experiment {layout.root} to continue; give the --name it was started "
+                           "with, or drop --resume")
     if not config.search:
         console.print("note: the config has no search: block; every trial runs the same settings")
+    prepared, max_t, grace = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
     quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
-    data, train_rows = _share_data(config, console)
-    max_t, grace = check_schedule(config, total_steps(config, train_rows))
+    if layout.exists():  # --overwrite, once nothing else stands in the way
+        storage.remove_experiment(layout.root)
+    data = _share_data(prepared)
     concurrency = config.tune.max_concurrent_trials or default_concurrency(config)
     storage.write_experiment_config(layout, config, max_t, grace, concurrency)
     console.print(f"experiment {layout.root}: {config.tune.num_samples} trials, {concurrency} at a time, "
@@ -199,16 +224,18 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
                   verbose: bool = False) -> TuningRun:
     """`lexiray resume`: finished trials (ASHA-stopped ones included) are kept, unfinished
     ones continue from their last persisted checkpoint, errored ones rerun on request."""
+    if storage.is_uri(path_or_name):
+        storage.check_storage(path_or_name, field="lexiray resume")
     layout = storage.find_experiment(path_or_name)
     config = storage.read_experiment_config(layout)
     if not tune.Tuner.can_restore(layout.root):
         raise LexirayError(f"{layout.root}: no Tune experiment state to resume from")
+    prepared, max_t, _ = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
     quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
-    data, train_rows = _share_data(config, console)
-    max_t, _ = check_schedule(config, total_steps(config, train_rows))
+    data = _share_data(prepared)
     console.print(f"resuming {layout.root}")
     tuner = tune.Tuner.restore(
         layout.root,
