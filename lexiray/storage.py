@@ -181,7 +181,10 @@ def _quick_filesystem(location: str):
     scheme = location.split("://", 1)[0]
     if scheme == "s3":
         query = dict(parse_qsl(location.partition("?")[2]))
-        return pyarrow.fs.S3FileSystem(region=query.get("region"), endpoint_override=query.get("endpoint_override"),
+        # from_uri reads the endpoint from the environment as Ray does; the constructor does not
+        endpoint = (query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
+        return pyarrow.fs.S3FileSystem(region=query.get("region"), endpoint_override=endpoint,
                                        scheme=query.get("scheme"), connect_timeout=5, request_timeout=10,
                                        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1))
     if scheme in ("gs", "gcs"):
