@@ -117,7 +117,6 @@ def tune(
     debug: bool = DebugOption,
 ):
     """Tune the config's search space with Ray Tune + ASHA; print the leaderboard; export the best adapter."""
-    from lexiray.report import finish_experiment
     from lexiray.tune import run_tuning
 
     if resume_existing and overwrite:
@@ -127,7 +126,7 @@ def tune(
     existing = "resume" if resume_existing else "overwrite" if overwrite else "refuse"
     run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose,
                      existing=existing)
-    finish_experiment(run, console)
+    _finish(run)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -194,10 +193,20 @@ def resume(
     debug: bool = DebugOption,
 ):
     """Continue an interrupted tuning experiment from what is in its storage."""
-    from lexiray.report import finish_experiment
     from lexiray.tune import resume_tuning
 
     run = resume_tuning(path, console=console, retry_errored=retry_errored, address=address, verbose=verbose)
+    _finish(run)
+
+
+def _finish(run) -> None:
+    """The report of a tuning run; a run stopped by Ctrl-C / SIGTERM gets the partial
+    leaderboard and the resume command, and exits 130."""
+    from lexiray.report import finish_experiment, finish_interrupted
+
+    if run.interrupted:
+        finish_interrupted(run, console)
+        raise typer.Exit(130)
     finish_experiment(run, console)
 
 
@@ -389,8 +398,10 @@ def main() -> None:
     except (typer.Exit, SystemExit) as stop:
         code = getattr(stop, "exit_code", getattr(stop, "code", 0))
         sys.exit(code or 0)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: resume with `lexiray resume <storage_path/name>`")
+    except KeyboardInterrupt as interrupt:  # a second Ctrl-C / SIGTERM carries the exact command
+        command = str(interrupt) or "lexiray resume <storage_path/name>"
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: resume with: {command}",
+                                                                     markup=False)
         sys.exit(130)
     except Exception as error:  # click usage errors and the unexpected
         import click

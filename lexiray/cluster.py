@@ -52,8 +52,9 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
         ray.init(address=address, **kwargs)
     else:
         # The dashboard is needed: without it trials stopped by ASHA never gave their
-        # resources back (STACK-NOTES).
-        ray.init(num_cpus=num_cpus, include_dashboard=True, **kwargs)
+        # resources back (STACK-NOTES). It is never bound to a public interface by lexiray,
+        # and Ray's token authentication stays on.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
 def check_resources(config: ExperimentConfig) -> None:

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
@@ -37,6 +41,11 @@ class TuningRun:
     config: ExperimentConfig
     max_t: int
     wall_time_s: float
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
+
+    @property
+    def resume_command(self) -> str:
+        return f"lexiray resume {self.layout.root}"
 
 
 def total_steps(config: ExperimentConfig, train_rows: int) -> int:
@@ -134,11 +143,20 @@ class RecordFinishedTrials(tune.Callback):
         storage.mark_finished(self.layout, trial.trial_id, trial.last_result or {})
 
 
+class _DropTuneResumeHints(logging.Filter):
+    """Tune's own Ctrl-C lines point at `Tuner.restore(...)`; lexiray prints its command instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "Tuner.restore" not in message and "Stop signal received" not in message
+
+
 def quiet_trial_tracebacks(verbose: bool) -> None:
     """Tune logs a full traceback for every failed trial attempt, retried or not. The progress
     callback prints one line instead and the traceback stays in the trial's error.txt."""
     if not verbose:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        logging.getLogger("ray.tune.tune").addFilter(_DropTuneResumeHints())
 
 
 def _prepare_data(config: ExperimentConfig, console):
@@ -169,13 +187,54 @@ def _trainable(plan: TrialPlan):
     return tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop` and Kubernetes
+
+
+@contextmanager
+def stop_on_signals(resume_command: str, received: list[str]):
+    """The first SIGINT or SIGTERM during `Tuner.fit` stops the run the way Tune's own Ctrl-C
+    does: the loop ends, the trials are stopped with their checkpoints kept, the experiment
+    state is saved, and `fit` returns (the signal's name is appended to `received`). A
+    second signal exits at once (KeyboardInterrupt); the experiment is still resumable.
+
+    Tune's SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER) because it knows nothing of
+    SIGTERM and would not tell us it ran; its SIGUSR1 handler, installed when `fit` starts,
+    stops the run the same way and is called for both signals."""
+
+    def exit_now(signum, frame):
+        raise KeyboardInterrupt(resume_command)
+
+    def stop_tune(signum, frame):
+        name = signal.Signals(signum).name
+        received.append(name)
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not callable(tune_stop):  # fit has not started Tune's loop yet
+            raise KeyboardInterrupt(resume_command)
+        sys.stderr.write(f"\n{name}: stopping the trials, keeping their checkpoints ({name} again exits at once)\n")
+        tune_stop(signum, frame)
+        for stop_signal in STOP_SIGNALS:  # after Tune's handler, which resets SIGINT to ours
+            signal.signal(stop_signal, exit_now)
+
+    previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, stop_tune)
+    try:
+        yield
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)
+
+
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
-    tuner.fit()
+    received: list[str] = []
+    with stop_on_signals(f"lexiray resume {layout.root}", received):
+        tuner.fit()
     # The scratch folders the killed workers of stopped trials left on this machine; the
     # workers of the trials ASHA stopped last may still be dying, so give them a moment.
     storage.sweep_scratch_dirs(wait_s=10)
-    return TuningRun(layout, config, max_t, time.time() - started)
+    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None)
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
