@@ -389,7 +389,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns a typer.Exit's code instead of exiting
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LexirayError as error:
         if _Flags.debug:
             traceback.print_exc()
@@ -398,10 +400,8 @@ def main() -> None:
     except (typer.Exit, SystemExit) as stop:
         code = getattr(stop, "exit_code", getattr(stop, "code", 0))
         sys.exit(code or 0)
-    except KeyboardInterrupt as interrupt:  # a second Ctrl-C / SIGTERM carries the exact command
-        command = str(interrupt) or "lexiray resume <storage_path/name>"
-        Console(stderr=True, highlight=False, soft_wrap=True).print(f"interrupted: resume with: {command}",
-                                                                     markup=False)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: resume with `lexiray resume <storage_path/name>`")
         sys.exit(130)
     except Exception as error:  # click usage errors and the unexpected
         import click

@@ -202,14 +202,16 @@ def stop_on_signals(resume_command: str, received: list[str]):
     stops the run the same way and is called for both signals."""
 
     def exit_now(signum, frame):
-        raise KeyboardInterrupt(resume_command)
+        # Printed here: typer turns the KeyboardInterrupt into a bare exit code 130.
+        sys.stderr.write(f"interrupted: resume with: {resume_command}\n")
+        raise KeyboardInterrupt
 
     def stop_tune(signum, frame):
         name = signal.Signals(signum).name
         received.append(name)
         tune_stop = signal.getsignal(signal.SIGUSR1)
         if not callable(tune_stop):  # fit has not started Tune's loop yet
-            raise KeyboardInterrupt(resume_command)
+            exit_now(signum, frame)
         sys.stderr.write(f"\n{name}: stopping the trials, keeping their checkpoints ({name} again exits at once)\n")
         tune_stop(signum, frame)
         for stop_signal in STOP_SIGNALS:  # after Tune's handler, which resets SIGINT to ours
