@@ -22,12 +22,13 @@ from tests.conftest import LEXIRAY, cli_env, run_cli
 pytestmark = pytest.mark.slow
 
 SECRETS = {"HF_TOKEN": "hf_lexirayTestSecret7d1c", "AWS_SECRET_ACCESS_KEY": "lexirayAwsSecret/9f2e+Q"}
-# Two short trials, one at a time: the signal lands while the first one trains.
-TUNE_ARGS = ["tune", "--storage-path", "results", "--name", "exp", "-n", "2", "--max-concurrent", "1",
-             "--set", "data.max_rows=60", "--set", "training.max_steps=12", "--set", "training.save_steps=3",
+# One short trial: the signal lands once it has saved its first checkpoint (step 3 of 9).
+TUNE_ARGS = ["tune", "--storage-path", "results", "--name", "exp", "-n", "1",
+             "--set", "data.max_rows=60", "--set", "training.max_steps=9", "--set", "training.save_steps=3",
              "--set", "training.eval_steps=3"]
 # Torch's pickles of the training state, read back with weights_only=True; never the weights.
 TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"}
+TUNE_STATE = {"tuner.pkl", "params.pkl"}  # Ray Tune's own records of the experiment
 
 
 def _interrupt(tmp_path: Path, signals: list[int], env: dict) -> subprocess.CompletedProcess:
@@ -37,7 +38,7 @@ def _interrupt(tmp_path: Path, signals: list[int], env: dict) -> subprocess.Comp
         process = subprocess.Popen([*LEXIRAY, *TUNE_ARGS], cwd=tmp_path, env=env, stdout=stdout, stderr=stderr,
                                    stdin=subprocess.DEVNULL)
         deadline = time.time() + 300
-        while " step 3/12" not in out.read_text():
+        while " step 3/9" not in out.read_text():
             assert process.poll() is None and time.time() < deadline, f"{out.read_text()}\n{err.read_text()}"
             time.sleep(0.2)
         for number in signals:
@@ -55,7 +56,7 @@ def _leaderboard(root: Path) -> dict[str, str]:
 def _resume_finishes(tmp_path: Path, root: Path, env: dict) -> subprocess.CompletedProcess:
     result = run_cli(["resume", str(root)], cwd=tmp_path, env=env, timeout=300, check=True)
     statuses = _leaderboard(root)
-    assert len(statuses) == 2 and set(statuses.values()) <= {"done", "stopped"}, statuses
+    assert list(statuses.values()) == ["done"], statuses
     assert (root / "best" / "adapter_model.safetensors").is_file()
     return result
 
@@ -86,7 +87,7 @@ def test_one_signal_stops_cleanly_and_resume_finishes(tmp_path, sigint_run, no_r
     assert interrupted.stdout.strip().splitlines()[-1] == f"resume with: lexiray resume {root}"
     assert "Traceback" not in interrupted.stderr and "Tuner.restore" not in interrupted.stderr
     # The partial leaderboard: the trial that was training is there, unfinished.
-    assert leaderboard and any(status not in ("done", "stopped") for status in leaderboard.values()), leaderboard
+    assert len(leaderboard) == 1 and list(leaderboard.values())[0] not in ("done", "stopped"), leaderboard
     # Its checkpoints were kept: resume continued it rather than starting over.
     assert list((root / "trials").glob("*/checkpoint_*/checkpoint/adapter_model.safetensors"))
 
@@ -105,12 +106,12 @@ def test_no_secret_in_any_file_or_output_and_weights_are_safetensors(sigint_run)
     tmp_path, root, interrupted, _, resumed = sigint_run
     printed = interrupted.stdout + interrupted.stderr + resumed.stdout + resumed.stderr
     files = [path for path in (tmp_path / "results").rglob("*") if path.is_file()]
-    assert len(files) > 50  # configs, params.json, result.json, TensorBoard events, checkpoints...
+    assert len(files) > 20  # configs, params.json, result.json, TensorBoard events, checkpoints...
     for name, value in SECRETS.items():
         assert value not in printed, name
         leaked = [str(path) for path in files if value.encode() in path.read_bytes()]
         assert not leaked, f"{name} written to {leaked}"
     weights = {path.name for path in files if path.suffix in (".bin", ".pt", ".pth", ".pkl", ".safetensors")}
     assert "adapter_model.safetensors" in weights
-    assert weights - {"adapter_model.safetensors", "tuner.pkl"} <= TRAINING_STATE, weights
+    assert weights - {"adapter_model.safetensors"} <= TRAINING_STATE | TUNE_STATE, weights
     assert not [path for path in (root / "best").iterdir() if path.suffix in (".bin", ".pt", ".pth")]
