@@ -23,6 +23,7 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config path or preset name (default: smoke)")
 SetOption = typer.Option(None, "--set", "-s", help="Override a setting, e.g. --set lora.r=32 (repeatable)")
 
+
 class _Flags:
     debug = False  # set by --debug as it is parsed; main() reads it when an error ends the command
 
