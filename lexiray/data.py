@@ -521,7 +521,7 @@ def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
     if settings.max_rows:
         records = records[: settings.max_rows]
     if not records:
-        raise DataError(f"data.path {settings.path}: no rows")
+        raise DataError(f"data.path {settings.path}: no rows (the file is empty): give it training rows")
     formatted, bad, shape = _format_records(records, settings)
     examples, bad_tokenized, dropped = _tokenize_all(formatted, tokenizer, settings)
     bad += bad_tokenized
