@@ -22,7 +22,20 @@ console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isat
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config path or preset name (default: smoke)")
 SetOption = typer.Option(None, "--set", "-s", help="Override a setting, e.g. --set lora.r=32 (repeatable)")
-DebugOption = typer.Option(False, "--debug", help="Show tracebacks")
+
+
+class _Flags:
+    debug = False  # set by --debug as it is parsed; main() reads it when an error ends the command
+
+
+def _set_debug(value: bool) -> bool:
+    if value:
+        _Flags.debug = True
+        logging.getLogger().setLevel(logging.INFO)
+    return value
+
+
+DebugOption = typer.Option(False, "--debug", help="Show tracebacks", callback=_set_debug, is_eager=True)
 VerboseOption = typer.Option(False, "--verbose", "-v", help="Show Ray's own logs")
 
 
@@ -100,17 +113,23 @@ def tune(
                                         help="Testing aid: kill-worker@step=N, kill-save@step=N or "
                                         "oom-above-batch=N [,trial=K]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
+    resume_existing: bool = typer.Option(False, "--resume", help="Continue the experiment of this --name when "
+                                         "it exists already"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the experiment of this --name"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
 ):
     """Tune the config's search space with Ray Tune + ASHA; print the leaderboard; export the best adapter."""
-    from lexiray.report import finish_experiment
     from lexiray.tune import run_tuning
 
+    if resume_existing and overwrite:
+        raise LexirayError("lexiray tune: --resume continues the experiment and --overwrite replaces it; give one")
     overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name)
     settings = _load(config, overrides)
-    run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose)
-    finish_experiment(run, console)
+    existing = "resume" if resume_existing else "overwrite" if overwrite else "refuse"
+    run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose,
+                     existing=existing)
+    _finish(run)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -177,10 +196,20 @@ def resume(
     debug: bool = DebugOption,
 ):
     """Continue an interrupted tuning experiment from what is in its storage."""
-    from lexiray.report import finish_experiment
     from lexiray.tune import resume_tuning
 
     run = resume_tuning(path, console=console, retry_errored=retry_errored, address=address, verbose=verbose)
+    _finish(run)
+
+
+def _finish(run) -> None:
+    """The report of a tuning run; a run stopped by Ctrl-C / SIGTERM gets the partial
+    leaderboard and the resume command, and exits 130."""
+    from lexiray.report import finish_experiment, finish_interrupted
+
+    if run.interrupted:
+        finish_interrupted(run, console)
+        raise typer.Exit(130)
     finish_experiment(run, console)
 
 
@@ -369,15 +398,16 @@ def export(
 
 
 def main() -> None:
-    debug = "--debug" in sys.argv
-    logging.basicConfig(level=logging.INFO if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns a typer.Exit's code instead of exiting
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LexirayError as error:
-        if debug:
+        if _Flags.debug:
             traceback.print_exc()
         Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {error}", markup=False)
         sys.exit(2)

@@ -57,7 +57,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     # RAY_API_SERVER_ADDRESS / RAY_ADDRESS, or else by looking for Ray on this machine, and
     # with a second Ray running here it finds two, fails, and the trials hang. So the new
     # cluster's dashboard gets a port chosen here, named in a variable every Ray process
-    # inherits, and only the loopback interface.
+    # inherits, and only the loopback interface (Ray's token authentication stays on).
     port = free_local_port()
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)

@@ -157,6 +157,13 @@ class TuneSettings(Section):
     name: str | None = None
     seed: int | None = 0
 
+    @model_validator(mode="after")
+    def _grace_before_max_t(self) -> "TuneSettings":
+        if self.grace_period is not None and self.max_t is not None and self.grace_period >= self.max_t:
+            raise ValueError(f"grace_period ({self.grace_period}) must be below max_t ({self.max_t}): ASHA would "
+                             "stop no trial early; lower tune.grace_period or raise tune.max_t")
+        return self
+
 
 class ReportSettings(Section):
     plots: bool = True
@@ -219,9 +226,49 @@ def _suggest(key: str) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def yaml_key_lines(text: str) -> dict[str, int]:
+    """The line (1-based) of every dotted key of a YAML mapping, e.g. {'lora.r': 12}, so an
+    error can point at the line to fix."""
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            key = prefix + str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            # search keys keep their dots ('search.lora.r'); other sections nest
+            walk(value_node, key + ".")
+
+    walk(root, "")
+    return lines
+
+
+SET_ON_COMMAND_LINE = 0  # the "line" of a key given with --set
+
+
+def _where(source: str, key: str, lines: dict[str, int]) -> str:
+    """'file.yaml:12' when the key (or the nearest section above it) is on a line of the file;
+    a note such as ' (with --set)' stays after the line number."""
+    path, space, note = source.partition(" (")
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        line = lines.get(".".join(parts[:end]))
+        if line == SET_ON_COMMAND_LINE:
+            return source
+        if line:
+            return f"{path}:{line}{space}{note}"
+    return source
+
+
+def _format_validation_error(error: ValidationError, source: str, lines: dict[str, int] | None = None) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
+    source = _where(source, key, lines or {})
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'{_suggest(key)}"
     message = first["msg"]
@@ -297,11 +344,11 @@ def read_yaml(path: Path) -> dict:
     return raw
 
 
-def config_from_dict(raw: dict, source: str = "config") -> ExperimentConfig:
+def config_from_dict(raw: dict, source: str = "config", lines: dict[str, int] | None = None) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(_format_validation_error(error, source, lines)) from None
 
 
 def load_config(path_or_name: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
@@ -309,11 +356,13 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
     path = resolve_config_path(path_or_name)
     raw = copy.deepcopy(read_yaml(path))
     raw.setdefault("name", path.stem)
+    lines = yaml_key_lines(path.read_text(encoding="utf-8"))
     for text in overrides or []:
         key, value = parse_override(text)
         apply_override(raw, key, value)
+        lines[key] = SET_ON_COMMAND_LINE  # no file line to point at for this key
     source = str(path) + (" (with --set)" if overrides else "")
-    config = config_from_dict(raw, source)
+    config = config_from_dict(raw, source, lines)
     if config.search:  # validated here so a bad search block fails before anything starts
         validate_search(config, source)
     return config
@@ -427,7 +476,9 @@ def validate_search(config: ExperimentConfig, source: str = "config") -> None:
                     f"{effective} (= {config.training.per_device_train_batch_size} x "
                     f"{config.training.gradient_accumulation_steps}); use divisors of {effective}"
                 )
-    # Each candidate must make a valid config on its own (r > 0, lr > 0, ...).
+    # Each candidate must make a valid config on its own (r > 0, lr > 0, ...), and so must the
+    # derived settings computed from the base values.
+    apply_sample(config, {}, source=source)
     for key, (kind, args) in sampled.items():
         for value in candidate_values(kind, args):
             apply_sample(config, {key: value}, source=f"{source}: search.{key}={value!r}")
@@ -453,7 +504,11 @@ def apply_sample(config: ExperimentConfig, sample: dict, source: str = "trial") 
     for key, spec in config.search.items():
         if isinstance(spec, str):
             target, factor = parse_derived(spec)
-            value = _get(raw, target) * factor
+            base = _get(raw, target)
+            if isinstance(base, bool) or not isinstance(base, (int, float)):
+                raise ConfigError(f"{source}: search.{key}: '{spec}' refers to {target}={base!r}, which is not a "
+                                  "number; derive it from a numeric setting such as lora.r")
+            value = base * factor
             _set(raw, key, int(value) if float(value).is_integer() else value)
     if BATCH_KEY in sample and ACCUMULATION_KEY not in config.search:
         batch = int(sample[BATCH_KEY])

@@ -7,6 +7,7 @@ Arrow to the experiment folder and memory-mapped by every trial, never re-tokeni
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -25,8 +26,12 @@ log = logging.getLogger(__name__)
 BUNDLED_NAMES = ("lexilingo-sample", "lexiray:sample", "bundled")
 LENGTH_CANDIDATES = (256, 384, 512, 768, 1024)
 PERCENTILES = (50, 90, 95, 99)
+# ShareGPT as LLaMA-Factory writes it: `function_call` is an assistant turn whose text is the
+# JSON call, `observation` is the tool's answer.
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant"}
+                  "system": "system", "chatgpt": "assistant", "bing": "assistant", "bard": "assistant",
+                  "function_call": "tool_call", "observation": "tool", "tool": "tool"}
+CHAT_ROLES = {"system": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 BAD_ROWS_SHOWN = 5
 
 
@@ -66,9 +71,28 @@ def resolve_source(path: str) -> str:
     return str(BUNDLED_DATA) if path.strip().lower() in BUNDLED_NAMES else path
 
 
+def _not_utf8(path: Path, data: bytes, error: UnicodeDecodeError, line: int) -> DataError:
+    """Which line a decoding error is on: a file in another encoding fails as a whole."""
+    column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+    return DataError(f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x} at column {column}): "
+                     "save the file as UTF-8")
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise _not_utf8(path, data, error, data.count(b"\n", 0, error.start) + 1) from None
+
+
 def _records_from_jsonl(path: Path) -> Iterable[Record]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as error:
+                raise _not_utf8(path, raw, error, number) from None
             if not line.strip():
                 continue
             origin = f"{path}:{number}"
@@ -81,6 +105,15 @@ def _records_from_jsonl(path: Path) -> Iterable[Record]:
 def _records_from_rows(rows: Iterable[Any], label: str, first: int = 1) -> Iterable[Record]:
     for number, row in enumerate(rows, start=first):
         yield Record(row, f"{label}:row {number}")
+
+
+DATA_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet", ".pq", ".arrow")
+
+
+def _looks_local(path: Path) -> bool:
+    """'data/train.jsonl' is a missing file, not a Hub dataset id: it has a data file's suffix,
+    or its first folder is here."""
+    return path.suffix.lower() in DATA_SUFFIXES or Path(path.parts[0]).is_dir()
 
 
 def load_records(path: str) -> list[Record]:
@@ -103,7 +136,7 @@ def load_records(path: str) -> list[Record]:
         if suffix in (".jsonl", ".ndjson"):
             return list(_records_from_jsonl(local))
         if suffix == ".json":
-            text = local.read_text(encoding="utf-8")
+            text = _read_utf8(local)
             try:
                 data = json.loads(text)
             except json.JSONDecodeError:
@@ -114,8 +147,8 @@ def load_records(path: str) -> list[Record]:
                 raise DataError(f"data.path {path}: a .json file must hold a list of rows")
             return list(_records_from_rows(data, str(local)))
         if suffix == ".csv":
-            with local.open(encoding="utf-8", newline="") as handle:
-                return list(_records_from_rows(csv.DictReader(handle), str(local), first=2))
+            rows = csv.DictReader(io.StringIO(_read_utf8(local), newline=""))
+            return list(_records_from_rows(rows, str(local), first=2))
         if suffix in (".parquet", ".pq"):
             import pyarrow.parquet as pq
 
@@ -128,7 +161,7 @@ def load_records(path: str) -> list[Record]:
             f"data.path {path}: unsupported file type '{suffix}' "
             "(use .jsonl, .json, .csv, .parquet, .arrow, a save_to_disk folder or a dataset id)"
         )
-    if "/" in source and not source.startswith((".", "/", "~")):
+    if "/" in source and not source.startswith((".", "/", "~")) and not _looks_local(local):
         import datasets
 
         try:
@@ -173,6 +206,71 @@ def _text(row: dict, key: str, required: bool = True) -> str:
     return value
 
 
+def _parse_json_text(value: Any, what: str) -> Any:
+    """Tool definitions and tool calls arrive as JSON text (LLaMA-Factory) or as JSON already."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise RowError(f"{what} is not valid JSON ({error.msg})") from None
+
+
+def _tool_call(call: Any, where: str) -> dict:
+    """One call in OpenAI's shape: {type: function, function: {name, arguments}}, the arguments
+    a dict when they are JSON (chat templates render `arguments | tojson`)."""
+    if not isinstance(call, dict):
+        raise RowError(f"a tool call in {where} must be an object")
+    function = call.get("function", call)
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str) or not name:
+        raise RowError(f"a tool call in {where} has no 'name'")
+    arguments = function.get("arguments", function.get("parameters", {}))
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            pass  # free-text arguments are kept as written
+    normalized = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if isinstance(call.get("id"), str):
+        normalized["id"] = call["id"]
+    return normalized
+
+
+def _tool_calls(value: Any, where: str) -> list[dict]:
+    calls = _parse_json_text(value, where)
+    calls = calls if isinstance(calls, list) else [calls]
+    if not calls:
+        raise RowError(f"{where} holds no tool call")
+    return [_tool_call(call, where) for call in calls]
+
+
+def _tools(row: dict) -> list | None:
+    """The row's tool definitions (`tools`: a JSON string or a list), None when it has none."""
+    tools = _parse_json_text(row.get("tools"), "'tools'")
+    if tools in (None, "", []):
+        return None
+    tools = tools if isinstance(tools, list) else [tools]
+    if not all(isinstance(tool, dict) for tool in tools):
+        raise RowError("'tools' must be a list of objects")
+    return tools
+
+
+def _chat_turn(turn: dict, key: str, text_key: str, role: str) -> dict:
+    """One OpenAI-style turn; an assistant turn may carry `tool_calls` instead of text."""
+    calls, content = turn.get("tool_calls"), turn.get(text_key)
+    if role == "assistant" and calls:
+        if content is not None and not isinstance(content, str):
+            raise RowError(f"a '{key}' turn has no text '{text_key}'")
+        return {"role": "assistant", "content": content or "", "tool_calls": _tool_calls(calls, "'tool_calls'")}
+    if not isinstance(content, str):
+        raise RowError(f"a '{key}' turn has no text '{text_key}'")
+    message = {"role": role, "content": content}
+    if role == "tool" and isinstance(turn.get("tool_call_id"), str):
+        message["tool_call_id"] = turn["tool_call_id"]
+    return message
+
+
 def _checked_turns(turns: Any, key: str, role_key: str, text_key: str, roles: dict[str, str]) -> list[dict]:
     if not isinstance(turns, list) or not turns:
         raise RowError(f"'{key}' must be a non-empty list")
@@ -183,25 +281,45 @@ def _checked_turns(turns: Any, key: str, role_key: str, text_key: str, roles: di
         role = roles.get(str(turn.get(role_key, "")).lower())
         if role is None:
             raise RowError(f"unknown role {turn.get(role_key)!r} in '{key}'")
-        content = turn.get(text_key)
-        if not isinstance(content, str):
-            raise RowError(f"a '{key}' turn has no text '{text_key}'")
-        messages.append({"role": role, "content": content})
+        if role == "tool_call":  # ShareGPT function_call: the turn's text is the call
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": _tool_calls(turn.get(text_key), f"a {turn[role_key]!r} turn")})
+            continue
+        messages.append(_chat_turn(turn, key, text_key, role))
     assistant = [m for m in messages if m["role"] == "assistant"]
-    if not assistant or not any(m["content"].strip() for m in assistant):
+    if not any(m["content"].strip() or m.get("tool_calls") for m in assistant):
         raise RowError(f"'{key}' has no assistant turn with text")
     return messages
 
 
+def _history(row: dict) -> list[dict]:
+    """Alpaca `history` (LLaMA-Factory): earlier [user, assistant] pairs, trained like the last answer."""
+    history = row.get("history")
+    if history in (None, ""):
+        return []
+    pairs_ok = isinstance(history, list) and all(
+        isinstance(pair, (list, tuple)) and len(pair) == 2 and all(isinstance(text, str) for text in pair)
+        for pair in history
+    )
+    if not pairs_ok:
+        raise RowError("'history' must be a list of [user, assistant] text pairs")
+    return [{"role": role, "content": text} for pair in history for role, text in zip(("user", "assistant"), pair)]
+
+
 def to_messages(row: Any, shape: str, settings: DataSettings) -> tuple[list[dict], str]:
-    """A row of the given shape -> (chat messages, task name)."""
+    """A row of the given shape -> (chat messages, task name).
+
+    Messages are OpenAI-style: assistant turns may carry `tool_calls`, `tool` turns hold tool
+    results, and the first (system) message carries the row's tool definitions as `tools`."""
     if not isinstance(row, dict):
         raise RowError("a row must be a JSON object")
     if shape == "lexilingo" and "task" in row:
         task = _text(row, "task")  # a LexiLingo task must be text; elsewhere it is optional
     else:
         task = row.get("task") if isinstance(row.get("task"), str) else ""
-    system = settings.system_prompts.get(task, settings.default_system_prompt)
+    own_system = _text(row, "system", required=False) if shape != "lexilingo" else ""
+    default_system = settings.system_prompts.get(task, settings.default_system_prompt)
+    system = own_system if own_system.strip() else default_system
     if shape == "lexilingo":
         user, answer = _text(row, "input"), _text(row, "output")
         return [{"role": "system", "content": system}, {"role": "user", "content": user},
@@ -209,37 +327,90 @@ def to_messages(row: Any, shape: str, settings: DataSettings) -> tuple[list[dict
     if shape == "alpaca":
         instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
         user = instruction + ("\n\n" + extra if extra.strip() else "")
-        return [{"role": "system", "content": system}, {"role": "user", "content": user},
+        return [{"role": "system", "content": system}, *_history(row), {"role": "user", "content": user},
                 {"role": "assistant", "content": _text(row, "output")}], task
     if shape == "chat":
-        roles = {"system": "system", "user": "user", "assistant": "assistant"}
-        messages = _checked_turns(row.get("messages"), "messages", "role", "content", roles)
+        messages = _checked_turns(row.get("messages"), "messages", "role", "content", CHAT_ROLES)
     elif shape == "sharegpt":
         messages = _checked_turns(row.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
     else:
         raise RowError(f"unknown shape {shape}")
     if messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
+    tools = _tools(row)
+    if tools:
+        messages[0]["tools"] = tools
     return messages, task
 
 
 # --------------------------------------------------------------------------- tokenizing
 
 
+def supports_tools(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders `tool_calls` itself (Qwen 2.5+, Llama 3.1+,
+    Mistral...). Templates that do not would silently drop them."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, dict):
+        template = " ".join(template.values())
+    return "tool_calls" in template
+
+
+def _tool_call_text(message: dict) -> str:
+    """An assistant turn with its tool calls written as text, the way Qwen's template writes them."""
+    calls = [json.dumps({"name": call["function"]["name"], "arguments": call["function"]["arguments"]},
+                        ensure_ascii=False) for call in message.get("tool_calls", [])]
+    parts = [message["content"]] if message["content"] else []
+    return "\n".join(parts + [f"<tool_call>\n{call}\n</tool_call>" for call in calls])
+
+
+def render_messages(tokenizer, messages: list[dict]) -> tuple[list[dict], list | None]:
+    """Messages and tool definitions as the chat template takes them.
+
+    A template without tool support gets tool calls as JSON text inside the assistant turn
+    (trained like any answer), tool results as a user turn in <tool_response> tags (context)
+    and the tool definitions appended to the system prompt."""
+    tools = messages[0].get("tools") if messages else None
+    if supports_tools(tokenizer):
+        return [{k: v for k, v in m.items() if k != "tools"} for m in messages], tools
+    rendered = []
+    for message in messages:
+        if message["role"] == "assistant":
+            rendered.append({"role": "assistant", "content": _tool_call_text(message)})
+        elif message["role"] == "tool":
+            rendered.append({"role": "user", "content": f"<tool_response>\n{message['content']}\n</tool_response>"})
+        else:
+            rendered.append({"role": message["role"], "content": message["content"]})
+    if tools:
+        listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+        rendered[0]["content"] += f"\n\n# Tools\n<tools>\n{listed}\n</tools>"
+    return rendered, None
+
+
 def encode_conversation(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Token ids and labels of a conversation: only assistant tokens (and the end-of-turn
-    token after them) carry labels; every prompt token is -100.
+    token after them) carry labels; every prompt token is -100. Assistant tool calls are
+    assistant tokens; tool results are prompt.
 
     Works with any chat template that renders earlier turns as a prefix of later ones
     (Qwen, Llama, Mistral...): the span of each assistant turn is found in characters
     and mapped onto tokens through the tokenizer's offsets."""
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    messages, tools = render_messages(tokenizer, messages)
+
+    from jinja2 import TemplateError
+
+    def render(turns: list[dict], **options) -> str:
+        try:
+            return tokenizer.apply_chat_template(turns, tools=tools, tokenize=False, **options)
+        except TemplateError as error:  # the template's raise_exception(), e.g. roles not alternating
+            raise RowError(f"the chat template rejects this conversation ({error})") from None
+
+    full = render(messages)
     spans = []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:index], tokenize=False, add_generation_prompt=True)
-        through = tokenizer.apply_chat_template(messages[: index + 1], tokenize=False)
+        before = render(messages[:index], add_generation_prompt=True)
+        through = render(messages[: index + 1])
         if not (full.startswith(before) and full.startswith(through)):
             raise RowError("the chat template does not render earlier turns as a prefix")
         # The template's whitespace after the end-of-turn token is not the answer.
@@ -350,19 +521,23 @@ def prepare_data(settings: DataSettings, tokenizer) -> PreparedData:
     if settings.max_rows:
         records = records[: settings.max_rows]
     if not records:
-        raise DataError(f"data.path {settings.path}: no rows")
+        raise DataError(f"data.path {settings.path}: no rows (the file is empty): give it training rows")
     formatted, bad, shape = _format_records(records, settings)
     examples, bad_tokenized, dropped = _tokenize_all(formatted, tokenizer, settings)
     bad += bad_tokenized
     _check_bad_share(bad, len(records), settings, f"data.path {settings.path}")
-    if not examples:
-        raise DataError(f"data.path {settings.path}: every row was dropped as longer than "
-                        f"data.max_seq_length={settings.max_seq_length}; raise it")
+    if not examples or all(example.truncated for example in examples):
+        what = "dropped as longer" if not examples else "truncated: it is longer"
+        raise DataError(f"data.path {settings.path}: every row was {what} than "
+                        f"data.max_seq_length={settings.max_seq_length}; raise it (`lexiray analyze` recommends one)")
     if settings.eval_path:
         eval_records = load_records(settings.eval_path)
         eval_formatted, eval_bad, _ = _format_records(eval_records, settings)
         eval_examples, eval_bad_tok, _ = _tokenize_all(eval_formatted, tokenizer, settings)
         _check_bad_share(eval_bad + eval_bad_tok, len(eval_records), settings, f"data.eval_path {settings.eval_path}")
+        if not eval_examples:
+            raise DataError(f"data.eval_path {settings.eval_path}: no usable rows to evaluate on; fill it, or "
+                            "remove data.eval_path to split the eval rows off data.path")
         train_examples = examples
     else:
         train_idx, eval_idx = split_indices([e.task for e in examples], settings.eval_fraction, settings.split_seed)

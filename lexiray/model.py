@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from lexiray.config import LoraSettings, ModelSettings, TrainingSettings
-from lexiray.errors import ResourceError
+from lexiray.errors import ConfigError, ResourceError
 from lexiray.tiny import ensure_tiny_model, is_tiny
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,43 @@ def resolve_model_path(name: str) -> str:
     return str(ensure_tiny_model()) if is_tiny(name) else name
 
 
+def check_model_source(settings: ModelSettings) -> None:
+    """A local model folder exists; a Hub id is in the local cache or the Hub answers. Fails
+    in a second, where transformers would retry an unreachable Hub for about a minute."""
+    name = settings.name
+    if is_tiny(name):
+        return
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return
+    if name.startswith(("/", ".", "~")) or local.exists():
+        raise ConfigError(f"model.name {name}: no such model folder: give a folder saved with save_pretrained "
+                          "or a Hugging Face id such as Qwen/Qwen2.5-0.5B-Instruct")
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json", revision=settings.revision), str):
+        return
+    offline_fix = (f"without network give a local model folder, or warm the Hugging Face cache first "
+                   f"(`hf download {name}` where the Hub is reachable)")
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"model.name {name}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                          f"{offline_fix}")
+    try:
+        get_hf_file_metadata(hf_hub_url(name, "config.json", revision=settings.revision), timeout=10)
+    except Exception as error:  # noqa: BLE001 - DNS, proxy, 401/404: every one means "cannot load it"
+        kind = type(error).__name__
+        if kind in ("RepositoryNotFoundError", "GatedRepoError", "RevisionNotFoundError", "EntryNotFoundError"):
+            raise ConfigError(f"model.name {name}: the Hugging Face Hub has no such model for this account "
+                              f"({kind}): check the id and revision, or set HF_TOKEN for a private or gated "
+                              "model") from None
+        raise ConfigError(f"model.name {name}: the Hugging Face Hub cannot be reached ({kind}) and the model is "
+                          f"not in the local cache: {offline_fix}") from None
+
+
 def load_tokenizer(settings: ModelSettings):
     from transformers import AutoTokenizer
+
+    check_model_source(settings)
 
     tokenizer = AutoTokenizer.from_pretrained(
         resolve_model_path(settings.name), trust_remote_code=settings.trust_remote_code, revision=settings.revision
@@ -79,6 +115,28 @@ def load_tokenizer(settings: ModelSettings):
         log.warning("%s has no chat template; using lexiray's ChatML template", settings.name)
         tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
+
+
+def check_bitsandbytes(settings: ModelSettings, training: TrainingSettings, gpus_per_trial: float) -> None:
+    """4-/8-bit models and bitsandbytes optimizers (paged_*, *_8bit) on CPU trials need a
+    bitsandbytes with a CPU backend (0.45+; STACK-NOTES: 4-bit QLoRA trains on CPU with
+    0.50). Found without importing it: the driver stays free of torch."""
+    import importlib.util
+
+    needs = [f"model.quantization={settings.quantization}"] if settings.quantization != "none" else []
+    if "paged" in training.optim or "8bit" in training.optim or "bnb" in training.optim:
+        needs.append(f"training.optim={training.optim}")
+    if not needs:
+        return
+    spec = importlib.util.find_spec("bitsandbytes")
+    if spec is None or spec.origin is None:
+        raise ResourceError(f"{' and '.join(needs)} needs bitsandbytes, which is not installed: pip install "
+                            "bitsandbytes, or use model.quantization=none and training.optim=adamw_torch")
+    cpu_backend = Path(spec.origin).parent / "backends" / "cpu"
+    if gpus_per_trial <= 0 and not cpu_backend.is_dir():
+        raise ResourceError(f"{' and '.join(needs)} on CPU trials (resources.gpus_per_trial=0): this bitsandbytes "
+                            "has no CPU backend; give trials a CUDA GPU, upgrade bitsandbytes (0.45+), or use "
+                            "model.quantization=none and training.optim=adamw_torch")
 
 
 def quantization_config(settings: ModelSettings, precision: str):

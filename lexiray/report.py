@@ -495,3 +495,15 @@ def print_report_locations(summary: dict, layout: ExperimentLayout, console) -> 
         console.print(f"report: {layout.report_file('README.md')} (plots in {summary['report']}: "
                       f"{', '.join(summary['plots'])})")
     console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
+
+
+def finish_interrupted(run: TuningRun, console) -> dict:
+    """After a Ctrl-C / SIGTERM stopped `Tuner.fit`: the leaderboard of what ran so far, and
+    the exact command that continues the experiment (no adapter is exported)."""
+    summary = build_report(run.layout, max_t=run.max_t, wall_time_s=run.wall_time_s)
+    print_leaderboard(summary, console, top=run.config.report.top)
+    console.print(f"{run.interrupted}: stopped after {summary['total_steps_trained']} training steps in "
+                  f"{run.wall_time_s:.0f} s; the trials' checkpoints are kept")
+    console.print(f"partial leaderboard: {run.layout.leaderboard_file}")
+    console.print(f"resume with: {run.resume_command}", markup=False)
+    return summary

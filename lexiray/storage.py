@@ -137,6 +137,71 @@ def upload_folder(local: Path, location: str) -> None:
     pyarrow.fs.copy_files(str(local), path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
 
 
+def _local_part(location: str) -> Path:
+    return Path(location[len("file://"):] if location.startswith("file://") else location).expanduser()
+
+
+def check_storage(location: str, field: str = "tune.storage_path") -> None:
+    """Before Ray starts: a local folder can be written in (tried, not guessed from the mode
+    bits, which root ignores); a bucket exists and answers within seconds, where pyarrow's
+    default client would retry an unreachable endpoint for a minute."""
+    if not is_uri(location) or location.startswith("file://"):
+        ancestor = _local_part(location).resolve()
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise LexirayError(f"{field}={location}: {ancestor} is a file, not a folder: choose a folder")
+        try:
+            tempfile.TemporaryFile(dir=ancestor).close()
+        except OSError as error:
+            raise LexirayError(f"{field}={location}: cannot write in {ancestor} ({error.strerror}): choose a "
+                               "writable folder") from None
+        return
+    import pyarrow.fs
+
+    bucket = location.split("://", 1)[1].split("?", 1)[0].split("/", 1)[0]
+    try:
+        info = _quick_filesystem(location).get_file_info(bucket)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowIOError / ArrowInvalid
+        reason = str(error).strip().splitlines()[0][:200]
+        if "301" in reason or "region" in reason.lower():
+            return  # a bucket in another region answers; Ray's own client resolves the region
+        raise LexirayError(f"{field}={location}: cannot reach bucket '{bucket}' ({reason}): check the endpoint "
+                           "(AWS_ENDPOINT_URL), the network and the credentials") from None
+    if info.type == pyarrow.fs.FileType.NotFound:
+        raise LexirayError(f"{field}={location}: bucket '{bucket}' does not exist: create it first, or fix the name")
+
+
+def _quick_filesystem(location: str):
+    """The location's filesystem with short timeouts and no retries, for `check_storage`."""
+    from datetime import timedelta
+    from urllib.parse import parse_qsl
+
+    import pyarrow.fs
+
+    scheme = location.split("://", 1)[0]
+    if scheme == "s3":
+        query = dict(parse_qsl(location.partition("?")[2]))
+        # from_uri reads the endpoint from the environment as Ray does; the constructor does not
+        endpoint = (query.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3")
+                    or os.environ.get("AWS_ENDPOINT_URL"))
+        return pyarrow.fs.S3FileSystem(region=query.get("region"), endpoint_override=endpoint,
+                                       scheme=query.get("scheme"), connect_timeout=5, request_timeout=10,
+                                       retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=1))
+    if scheme in ("gs", "gcs"):
+        return pyarrow.fs.GcsFileSystem(retry_time_limit=timedelta(seconds=10))
+    return filesystem(location)[0]
+
+
+def remove_experiment(root: str) -> None:
+    """`lexiray tune --overwrite`: the old experiment's files, all of them."""
+    if not is_uri(root):
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    fs, path = filesystem(root)
+    fs.delete_dir(path)
+
+
 # --------------------------------------------------------------------------- a tuning experiment
 
 

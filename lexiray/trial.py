@@ -59,7 +59,7 @@ from lexiray.config import ExperimentConfig, apply_sample
 from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
-from lexiray.model import build_peft_model, choose_precision, detect_hardware, load_tokenizer
+from lexiray.model import build_peft_model, check_bitsandbytes, choose_precision, detect_hardware, load_tokenizer
 from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
@@ -490,14 +490,18 @@ def run_training(config: ExperimentConfig, output: Path, resume: bool = False, c
                            "or choose another --output")
     if resume and not layout.run_dir.exists():
         raise LexirayError(f"--resume: {layout.output} holds no training run to continue")
+    storage.check_storage(str(layout.output), field="--output")
+    check_bitsandbytes(config.model, config.training, config.resources.gpus_per_trial)
+    prepared = None
     if not (resume and (layout.data_dir / "train").is_dir()):
         prepared = prepare_data(config.data, load_tokenizer(config.model))  # fails before any folder is made
         print(f"data: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
               f"({prepared.shape} shape, {len(prepared.bad_rows)} skipped, {prepared.truncated} truncated)")
+    init_ray(address, verbose=verbose, log_to_driver=True)
+    check_resources(config)  # still before the output folder is made
+    if prepared is not None:
         save_prepared(prepared, layout.data_dir)
     storage.write_config(layout.config_file, config)
-    init_ray(address, verbose=verbose, log_to_driver=True)
-    check_resources(config)
     settings = WorkerSettings(
         config=config,
         data=TrainingData(folder=str(layout.data_dir)),

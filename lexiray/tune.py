@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ray
@@ -22,7 +26,7 @@ from lexiray.cluster import check_resources, check_shared_storage, default_concu
 from lexiray.config import ExperimentConfig
 from lexiray.data import prepare_data
 from lexiray.errors import ConfigError, LexirayError
-from lexiray.model import load_tokenizer
+from lexiray.model import check_bitsandbytes, load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout
@@ -37,6 +41,11 @@ class TuningRun:
     config: ExperimentConfig
     max_t: int
     wall_time_s: float
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
+
+    @property
+    def resume_command(self) -> str:
+        return f"lexiray resume {self.layout.root}"
 
 
 def total_steps(config: ExperimentConfig, train_rows: int) -> int:
@@ -59,6 +68,9 @@ def check_schedule(config: ExperimentConfig, max_t: int) -> tuple[int, int]:
             "see one result per trial; lower training.save_steps (and eval_steps)"
         )
     grace = config.tune.grace_period or every
+    if config.tune.scheduler == "asha" and grace >= max_t:
+        raise ConfigError(f"tune.grace_period={grace} but a trial has only {max_t} steps: ASHA would stop no "
+                          "trial early; lower tune.grace_period (or raise tune.max_t)")
     if grace % every:
         raise ConfigError(f"tune.grace_period={grace} is not a multiple of training.eval_steps={every}: "
                           "ASHA's rungs would fall between evaluations")
@@ -131,21 +143,43 @@ class RecordFinishedTrials(tune.Callback):
         storage.mark_finished(self.layout, trial.trial_id, trial.last_result or {})
 
 
+class _DropTuneResumeHints(logging.Filter):
+    """Tune's own Ctrl-C lines point at `Tuner.restore(...)`; lexiray prints its command instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "Tuner.restore" not in message and "Stop signal received" not in message
+
+
 def quiet_trial_tracebacks(verbose: bool) -> None:
     """Tune logs a full traceback for every failed trial attempt, retried or not. The progress
     callback prints one line instead and the traceback stays in the trial's error.txt."""
     if not verbose:
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        logging.getLogger("ray.tune.tune").addFilter(_DropTuneResumeHints())
 
 
-def _share_data(config: ExperimentConfig, console) -> tuple[TrainingData, int]:
-    """Tokenize once; put the Arrow tables in the object store for every trial."""
+def _prepare_data(config: ExperimentConfig, console):
+    """Tokenize once, in the driver, before Ray starts: a data mistake leaves no Ray session."""
     prepared = prepare_data(config.data, load_tokenizer(config.model))
     console.print(f"data: {len(prepared.train)} train / {len(prepared.eval)} eval rows "
                   f"({prepared.shape} shape, {len(prepared.bad_rows)} skipped, {prepared.truncated} truncated), "
                   "tokenized once for all trials")
-    data = TrainingData(train_ref=ray.put(prepared.train.data.table), eval_ref=ray.put(prepared.eval.data.table))
-    return data, len(prepared.train)
+    return prepared
+
+
+def _share_data(prepared) -> TrainingData:
+    """The Arrow tables in the object store, for every trial."""
+    return TrainingData(train_ref=ray.put(prepared.train.data.table), eval_ref=ray.put(prepared.eval.data.table))
+
+
+def check_before_ray(config: ExperimentConfig, layout: ExperimentLayout, console):
+    """Every check that needs no cluster: model, bitsandbytes, data, schedule.
+    Returns (prepared data, max_t, grace)."""
+    check_bitsandbytes(config.model, config.training, config.resources.gpus_per_trial)
+    prepared = _prepare_data(config, console)
+    max_t, grace = check_schedule(config, total_steps(config, len(prepared.train)))
+    return prepared, max_t, grace
 
 
 def _trainable(plan: TrialPlan):
@@ -153,30 +187,82 @@ def _trainable(plan: TrialPlan):
     return tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop` and Kubernetes
+
+
+@contextmanager
+def stop_on_signals(resume_command: str, received: list[str]):
+    """The first SIGINT or SIGTERM during `Tuner.fit` stops the run the way Tune's own Ctrl-C
+    does: the loop ends, the trials are stopped with their checkpoints kept, the experiment
+    state is saved, and `fit` returns (the signal's name is appended to `received`). A
+    second signal exits at once (KeyboardInterrupt); the experiment is still resumable.
+
+    Tune's SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER) because it knows nothing of
+    SIGTERM and would not tell us it ran; its SIGUSR1 handler, installed when `fit` starts,
+    stops the run the same way and is called for both signals."""
+
+    def exit_now(signum, frame):
+        # Printed here: typer turns the KeyboardInterrupt into a bare exit code 130.
+        sys.stderr.write(f"interrupted: resume with: {resume_command}\n")
+        raise KeyboardInterrupt
+
+    def stop_tune(signum, frame):
+        name = signal.Signals(signum).name
+        received.append(name)
+        tune_stop = signal.getsignal(signal.SIGUSR1)
+        if not callable(tune_stop):  # fit has not started Tune's loop yet
+            exit_now(signum, frame)
+        sys.stderr.write(f"\n{name}: stopping the trials, keeping their checkpoints ({name} again exits at once)\n")
+        tune_stop(signum, frame)
+        for stop_signal in STOP_SIGNALS:  # after Tune's handler, which resets SIGINT to ours
+            signal.signal(stop_signal, exit_now)
+
+    previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, stop_tune)
+    try:
+        yield
+    finally:
+        for stop_signal, handler in previous.items():
+            signal.signal(stop_signal, handler)
+
+
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
-    tuner.fit()
+    received: list[str] = []
+    with stop_on_signals(f"lexiray resume {layout.root}", received):
+        tuner.fit()
     # The scratch folders the killed workers of stopped trials left on this machine; the
     # workers of the trials ASHA stopped last may still be dying, so give them a moment.
     storage.sweep_scratch_dirs(wait_s=10)
-    return TuningRun(layout, config, max_t, time.time() - started)
+    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None)
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
-               verbose: bool = False) -> TuningRun:
-    """`lexiray tune`: validate everything, then run the Tuner."""
+               verbose: bool = False, existing: str = "refuse") -> TuningRun:
+    """`lexiray tune`: validate everything, then run the Tuner. `existing` says what to do
+    with an experiment of the same name: "refuse", "resume" it or "overwrite" it."""
     layout = ExperimentLayout.for_new_experiment(config)
-    if layout.exists():
-        raise LexirayError(f"experiment {layout.root} exists already: `lexiray resume {layout.root}` continues "
-                           "it, or pick another --name")
+    storage.check_storage(layout.storage_path)  # first: a dead endpoint would retry for a minute below
+    if layout.exists() and existing == "resume":
+        return resume_tuning(layout.root, console, address=address, verbose=verbose)
+    if layout.exists() and existing != "overwrite":
+        raise LexirayError(f"experiment {layout.root} exists already: `lexiray resume {layout.root}` (or tune "
+                           "--resume) continues it, --overwrite replaces it, or pick another --name")
+    if existing == "resume":
+        raise LexirayError(f"--resume: no experiment {layout.root} to continue; give the --name it was started "
+                           "with, or drop --resume")
     if not config.search:
         console.print("note: the config has no search: block; every trial runs the same settings")
+    prepared, max_t, grace = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
     quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
-    data, train_rows = _share_data(config, console)
-    max_t, grace = check_schedule(config, total_steps(config, train_rows))
+    if layout.exists():  # --overwrite, once nothing else stands in the way
+        storage.remove_experiment(layout.root)
+    data = _share_data(prepared)
     concurrency = config.tune.max_concurrent_trials or default_concurrency(config)
     storage.write_experiment_config(layout, config, max_t, grace, concurrency)
     console.print(f"experiment {layout.root}: {config.tune.num_samples} trials, {concurrency} at a time, "
@@ -199,16 +285,18 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
                   verbose: bool = False) -> TuningRun:
     """`lexiray resume`: finished trials (ASHA-stopped ones included) are kept, unfinished
     ones continue from their last persisted checkpoint, errored ones rerun on request."""
+    if storage.is_uri(path_or_name):
+        storage.check_storage(path_or_name, field="lexiray resume")
     layout = storage.find_experiment(path_or_name)
     config = storage.read_experiment_config(layout)
     if not tune.Tuner.can_restore(layout.root):
         raise LexirayError(f"{layout.root}: no Tune experiment state to resume from")
+    prepared, max_t, _ = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
     quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
-    data, train_rows = _share_data(config, console)
-    max_t, _ = check_schedule(config, total_steps(config, train_rows))
+    data = _share_data(prepared)
     console.print(f"resuming {layout.root}")
     tuner = tune.Tuner.restore(
         layout.root,

@@ -126,3 +126,25 @@ def test_submitted_tuning_job_runs_every_trial_on_the_t4_node(tmp_path, no_ray_l
     assert result.stdout.startswith("ray job submit --address " + dashboard)
     assert "follow:  ray job logs -f lexiray-via-submit-" in result.stdout
     assert (results / "via-submit" / "leaderboard.csv").is_file()
+
+
+def test_resume_with_a_local_path_on_two_nodes_is_refused(tmp_path, no_ray_leftovers, two_node_cluster):
+    """`lexiray resume` of an experiment in a local folder, on a multi-node cluster: one line,
+    exit 2, nothing started (issue 13). The experiment needs only what resume reads first:
+    its config and Tune's tuner.pkl."""
+    from lexiray.config import load_config
+    from lexiray.storage import ExperimentLayout, write_experiment_config
+
+    layout = ExperimentLayout(str(tmp_path / "results" / "exp"))
+    write_experiment_config(layout, load_config("smoke"), max_t=36, grace=6, concurrency=1)
+    (tmp_path / "results" / "exp" / "tuner.pkl").write_bytes(b"")
+    before = sorted(p.name for p in (tmp_path / "results" / "exp").iterdir())
+    result = subprocess.run([sys.executable, "-m", "lexiray", "resume", layout.root, "--address",
+                             two_node_cluster["gcs"]], cwd=tmp_path, env=two_node_cluster["env"], capture_output=True,
+                            text=True, timeout=180, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: tune.storage_path={tmp_path / 'results'} is a local folder but the cluster has 2 nodes: use "
+        "s3://..., gs://... or a shared NFS mount written as file:///mnt/shared/...")
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in (tmp_path / "results" / "exp").iterdir()) == before

@@ -158,3 +158,14 @@ def _all_keys(layout: ExperimentLayout) -> list[str]:
     fs, path = storage.filesystem(layout.root)
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
     return [info.path[len(path) + 1:] for info in infos if info.type == pyarrow.fs.FileType.File]
+
+
+def test_missing_bucket_is_refused_before_ray(tmp_path, s3_env):
+    """A bucket that does not exist: one line at once, no Ray started (issue 13)."""
+    result = run_cli(["tune", "--storage-path", "s3://lexiray-no-such-bucket/results", "--name", "exp"],
+                     cwd=tmp_path, env=s3_env | {"RAY_TMPDIR": str(tmp_path / "ray")}, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == ("error: tune.storage_path=s3://lexiray-no-such-bucket/results: bucket "
+                                     "'lexiray-no-such-bucket' does not exist: create it first, or fix the name")
+    assert not (tmp_path / "ray").exists()  # Ray never started
+    storage.check_storage(f"s3://{BUCKET}/results")  # the bucket that exists passes
