@@ -110,10 +110,6 @@ def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: i
         search_alg=search_algorithm(config, concurrency),
         scheduler=scheduler(config, max_t, grace),
         time_budget_s=config.tune.time_budget_s,
-        # A finished trial's driver process starts the next trial (its imports paid once).
-        # A trial ASHA stops is still inside its Train run: Tune's reset waits 2 s for it,
-        # fails, and replaces the process, whose Train run dies with it, as without reuse.
-        reuse_actors=True,
         trial_name_creator=lambda trial: trial.trial_id,
         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
     )
