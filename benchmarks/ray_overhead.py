@@ -40,12 +40,11 @@ def main() -> None:
         with ProcessSampler() as sampler:
             wall, root = run_tune(config_path, scratch / "results", "overhead")
         after = plain_hf_process(config_path, threads=1)
+        trials = sorted(trial_results(root).values(), key=lambda reports: reports[0]["first_step_at"])
     # the plain script before and after the tuning run: its faster launch and steps/s (a busy
     # moment on the machine must not make lexiray look better)
     plain = {"startup_s": min(before["startup_s"], after["startup_s"]), "eval_loss": before["eval_loss"],
              "phase_steps_per_second": max(before["phase_steps_per_second"], after["phase_steps_per_second"])}
-    with tempfile.TemporaryDirectory():
-        trials = sorted(trial_results(root).values(), key=lambda reports: reports[0]["first_step_at"])
     # (a) from the previous trial's last report: the first trial also waits for Ray to start
     gaps = [later[0]["first_step_at"] - earlier[-1]["reported_at"] for earlier, later in zip(trials, trials[1:])]
     starts = [reports[0]["startup_s"] for reports in trials]
