@@ -174,3 +174,18 @@ def evaluate_adapter(adapter_dir: Path, config_path: Path) -> float:
         trainer = build_hf_trainer(config, model, tokenizer, prepared.train, prepared.eval, scratch, "fp32",
                                    cuda=False)
         return trainer.evaluate()["eval_loss"]
+
+
+def labelled_runs(tokenizer, ids, labels) -> list[str]:
+    """Decoded text of each contiguous run of labelled tokens."""
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]

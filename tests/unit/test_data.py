@@ -25,6 +25,7 @@ from lexiray.data import (
 )
 from lexiray.errors import DataError
 from lexiray.model import load_tokenizer
+from tests.conftest import labelled_runs
 
 END = "<|im_end|>"
 
@@ -37,21 +38,6 @@ def tokenizer():
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     return path
-
-
-def labelled_runs(tokenizer, ids, labels) -> list[str]:
-    """Decoded text of each contiguous run of labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(ids, labels):
-        if label != -100:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
 
 
 def prompt_text(tokenizer, ids, labels) -> str:

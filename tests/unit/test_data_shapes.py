@@ -13,6 +13,7 @@ import pytest
 from lexiray.config import DEFAULT_SYSTEM_PROMPT, DataSettings, ModelSettings
 from lexiray.data import detect_shape, encode_conversation, prepare_data, supports_tools, to_messages
 from lexiray.model import load_tokenizer
+from tests.conftest import labelled_runs
 
 END = "<|im_end|>"
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
@@ -78,19 +79,6 @@ def tool_tokenizer(tokenizer):
     aware = copy.deepcopy(tokenizer)
     aware.chat_template = QWEN_TOOL_TEMPLATE
     return aware
-
-
-def labelled_runs(tokenizer, ids, labels) -> list[str]:
-    """Decoded text of each contiguous run of labelled tokens."""
-    runs, current = [], []
-    for token, label in zip(ids, labels):
-        if label != -100:
-            assert label == token
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    return [tokenizer.decode(run) for run in runs + ([current] if current else [])]
 
 
 def encoded(tokenizer, row):
