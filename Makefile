@@ -36,6 +36,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/tuning_vs_peers.py
 	$(BIN)/python benchmarks/scale_sim.py
 	$(BIN)/python benchmarks/packing.py
+	$(BIN)/python benchmarks/gpu_step.py
 
 clean:
 	rm -rf $(VENV) lexiray_results runs .pytest_cache
