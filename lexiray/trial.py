@@ -109,7 +109,7 @@ class TrialPlan:
     data: TrainingData
     layout: ExperimentLayout
     chaos: ChaosSpec | None = None
-    mailbox: Any = None  # a TrialMailbox actor: Train → Tune reports of every trial (None: Ray's queue per trial)
+    mailbox: Any = None  # the run's TrialMailbox actor: every trial's Train → Tune reports
 
 
 # --------------------------------------------------------------------------- Train → Tune reports
@@ -225,19 +225,13 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     # One mailbox slot per attempt: a retried trial keeps its id, and the report a killed
     # attempt left behind must not reach the next one.
     mailbox_key = f"{trial_id}/{uuid.uuid4().hex}"
-    if plan.mailbox is not None:
-        report_to_tune = ReportToTune(plan.mailbox, mailbox_key)
-    else:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        report_to_tune = TuneReportCallback()
     trainer = build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id,
-                                  worker_retries=0, callbacks=[report_to_tune], driver_cpus=TRIAL_DRIVER_CPUS)
+                                  worker_retries=0, callbacks=[ReportToTune(plan.mailbox, mailbox_key)],
+                                  driver_cpus=TRIAL_DRIVER_CPUS)
     try:
         trainer.fit()
     finally:
-        if plan.mailbox is not None:
-            plan.mailbox.forget.remote(mailbox_key)
+        plan.mailbox.forget.remote(mailbox_key)
 
 
 def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estimate_gb: float,
