@@ -212,10 +212,11 @@ def stop_on_signals(resume_command: str, received: list[str]):
         tune_stop = signal.getsignal(signal.SIGUSR1)
         if not callable(tune_stop):  # fit has not started Tune's loop yet
             exit_now(signum, frame)
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, exit_now)
         sys.stderr.write(f"\n{name}: stopping the trials, keeping their checkpoints ({name} again exits at once)\n")
         tune_stop(signum, frame)
-        for stop_signal in STOP_SIGNALS:  # after Tune's handler, which resets SIGINT to ours
-            signal.signal(stop_signal, exit_now)
+        signal.signal(signal.SIGINT, exit_now)  # again: Tune's handler resets SIGINT to ours
 
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"

@@ -41,9 +41,13 @@ def _interrupt(tmp_path: Path, signals: list[int], env: dict) -> subprocess.Comp
         while " step 3/9" not in out.read_text():
             assert process.poll() is None and time.time() < deadline, f"{out.read_text()}\n{err.read_text()}"
             time.sleep(0.2)
-        for number in signals:
+        for sent, number in enumerate(signals, start=1):
             process.send_signal(number)
-            time.sleep(0.3)
+            # The next signal goes once this one has been acted on: two signals sent while
+            # the main thread is inside a C call coalesce into one, as the OS allows.
+            while err.read_text().count(": stopping the trials") < sent and sent < len(signals):
+                assert process.poll() is None and time.time() < deadline, f"{out.read_text()}\n{err.read_text()}"
+                time.sleep(0.1)
         returncode = process.wait(timeout=120)
     return subprocess.CompletedProcess(process.args, returncode, out.read_text(), err.read_text())
 
