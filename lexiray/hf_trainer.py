@@ -403,9 +403,11 @@ class ReportToRayTrain(TrainerCallback):
     Tune's schedulers see the metrics). Evaluation runs on every save step (config check),
     so the reported eval_loss is the checkpoint's own."""
 
-    def __init__(self, throughput: ThroughputMeter, constants: dict | None = None):
+    def __init__(self, throughput: ThroughputMeter, constants: dict | None = None, report=None):
         self.throughput = throughput
         self.constants = dict(constants or {})  # e.g. the precision the worker chose
+        # ray.train.report, or for a trial training inside its Tune actor, Tune's report
+        self.report = report or ray.train.report
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.global_step == 0 and metrics and "eval_loss" in metrics:
@@ -424,13 +426,13 @@ class ReportToRayTrain(TrainerCallback):
         metrics["step"] = state.global_step
         local = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not local.is_dir():  # a rank that saved nothing still reports: Train waits for all
-            ray.train.report(metrics)
+            self.report(metrics)
             return
         with tempfile.TemporaryDirectory() as staging:
             # Hard links: the HF checkpoint is never modified after its save, and Ray copies
             # the folder to storage before report returns.
             shutil.copytree(local, Path(staging) / CHECKPOINT_NAME, copy_function=_link_or_copy)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+            self.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
 
 
 def _link_or_copy(source: str, target: str) -> None:

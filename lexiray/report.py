@@ -57,6 +57,8 @@ def collect_trials(layout: ExperimentLayout) -> list[TrialRecord]:
     for trial in analysis.trials:
         frame = analysis.trial_dataframes.get(trial.trial_id)
         reports = frame.to_dict("records") if frame is not None and len(frame) else []
+        for report in reports:
+            storage.fill_checkpoint_path(report, trial.path)
         records.append(TrialRecord(trial.trial_id, trial.status, reports,
                                    storage.read_trial_config(layout, trial.trial_id), dict(trial.config)))
     return records

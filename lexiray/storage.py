@@ -379,6 +379,16 @@ def finished_trial_ids(layout: ExperimentLayout) -> set[str]:
     return {name[: -len(".json")] for name in list_file_names(layout.finished_dir) if name.endswith(".json")}
 
 
+def fill_checkpoint_path(result: dict, trial_path: str) -> dict:
+    """`checkpoint_path`: where a result's checkpoint is. Ray Train's runs (multi-worker
+    trials) put it in the result; Tune (trials that train in their actor) names only the
+    folder inside the trial's, `checkpoint_dir_name`."""
+    name = result.get("checkpoint_dir_name")
+    if not result.get("checkpoint_path") and isinstance(name, str) and name:
+        result["checkpoint_path"] = join(trial_path, name)
+    return result
+
+
 def append_history(layout: ExperimentLayout, trial_id: str, result: dict) -> None:
     line = json.dumps(_plain(result, TUNE_AUTO_KEYS)) + "\n"
     location = layout.history_file(trial_id)

@@ -98,6 +98,9 @@ class WorkerSettings:
     chaos: ChaosSpec | None = None
     print_progress: bool = False
     searched: frozenset[str] = frozenset()  # settings the search varies: the OOM ladder keeps them
+    # In-process trial (see `trains_in_trial_actor`): reports and checkpoints go straight to
+    # Tune's session, which persists them; otherwise to Ray Train, which does.
+    report_to_tune: bool = False
     started_at: float = field(default_factory=time.time)  # for the startup_s metric
 
 
@@ -109,7 +112,44 @@ class TrialPlan:
     data: TrainingData
     layout: ExperimentLayout
     chaos: ChaosSpec | None = None
-    mailbox: Any = None  # the run's TrialMailbox actor: every trial's Train → Tune reports
+    mailbox: Any = None  # the run's TrialMailbox actor: multi-worker trials' Train → Tune reports
+
+
+def trains_in_trial_actor(config: ExperimentConfig) -> bool:
+    """A single-worker trial trains inside its Tune trial actor: Ray Train's local mode
+    (`num_workers=0`), the same `train_worker` function, reporting to Tune directly.
+
+    Why: a Train run with one worker costs four more Python processes per trial (Train
+    controller, placement-group cleaner, synchronization actor, the worker itself), each
+    ~1.5 CPU-s of start-up and imports on 2 cores, plus a report hop through an actor: on
+    short trials under ASHA that start-up was most of the slot time. With one worker,
+    Train's worker restart and Tune's trial retry are the same thing (a fresh process
+    resumed from the last persisted checkpoint), so Tune's FailureConfig does it. Trials
+    with several workers keep the full Train run: its worker group, torch.distributed
+    and worker-level fault tolerance."""
+    return config.resources.num_workers == 1
+
+
+def trial_actor_resources(config: ExperimentConfig) -> dict:
+    """What Tune reserves for a trial's actor: the whole trial's CPUs / GPU when it trains
+    in place, else a sliver (its Train run reserves the workers' resources)."""
+    resources = config.resources
+    if not trains_in_trial_actor(config):
+        return {"CPU": TRIAL_DRIVER_CPUS}
+    reserved = {"CPU": resources.cpus_per_trial}
+    if resources.gpus_per_trial:
+        reserved["GPU"] = resources.gpus_per_trial
+    if resources.accelerator_type:  # as Ray Train's ScalingConfig asks for it
+        reserved[f"accelerator_type:{resources.accelerator_type}"] = 0.001
+    return reserved
+
+
+def report_to_tune(metrics: dict, checkpoint=None) -> None:
+    """An in-process trial's report: Tune's session persists the checkpoint into the trial's
+    folder (`checkpoint_dir_name` in the result) and hands the metrics to the scheduler."""
+    if checkpoint is not None:
+        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint.path)
+    ray.tune.report(metrics, checkpoint=checkpoint)
 
 
 # --------------------------------------------------------------------------- Train → Tune reports
@@ -207,6 +247,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         skip_over_budget(plan.layout, trial_id, config.tune.metric, *over)
         return
     chaos = plan.chaos if plan.chaos and plan.chaos.hits_trial(trial_id) else None
+    in_process = trains_in_trial_actor(config)
     settings = WorkerSettings(
         config=config,
         data=plan.data,
@@ -215,7 +256,12 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         eval_on_start=trial_id.endswith("_00000"),
         chaos=chaos,
         searched=frozenset(plan.base_config.search),
+        report_to_tune=in_process,
     )
+    if in_process:  # 4. Ray Train's local mode, in this process (trains_in_trial_actor)
+        build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id, worker_retries=0,
+                            in_process=True).fit()
+        return
     # 4. Named by the (stable) trial id: a retried or restored trial finds its own
     #    checkpoints. Retries belong to Tune here (tune.RunConfig's FailureConfig), not to
     #    Train: when ASHA stops a trial, Ray tears its Train controller down, the workers
@@ -273,10 +319,12 @@ def backend_config(num_workers: int, use_gpu: bool) -> BackendConfig:
 
 
 def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, worker_retries: int,
-                        callbacks: list | None = None, driver_cpus: float = 0.0) -> LeanTrainer:
+                        callbacks: list | None = None, driver_cpus: float = 0.0,
+                        in_process: bool = False) -> LeanTrainer:
     """A Ray Train run of `train_worker` on the config's resources; checkpoints ranked by
     the tuned metric, the best `tune.keep_checkpoints` kept. `worker_retries`: how often
-    Train restarts failed workers from the last checkpoint (0 under Tune, which retries)."""
+    Train restarts failed workers from the last checkpoint (0 under Tune, which retries).
+    `in_process`: Ray Train's local mode (num_workers=0), `train_worker` in this process."""
     config = settings.config
     resources = config.resources
     # A Tune trial's driver holds a sliver of CPU; the first worker gives it back, or on a
@@ -290,7 +338,7 @@ def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, 
         # types that as a JSON-like dict (its state export converts it to a protobuf Struct).
         functools.partial(train_worker, settings),
         backend_config=backend_config(resources.num_workers, use_gpu),
-        scaling_config=ScalingConfig(
+        scaling_config=ScalingConfig(num_workers=0) if in_process else ScalingConfig(
             num_workers=resources.num_workers,
             use_gpu=use_gpu,
             resources_per_worker=per_worker,
@@ -350,7 +398,7 @@ def train_worker(settings: WorkerSettings) -> None:
     ladder = OomLadder(config, settings.searched, train_lengths=lengths)
     # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
     #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.tune.get_checkpoint() if settings.report_to_tune else ray.train.get_checkpoint()
     output_dir = storage.make_scratch_dir()
     paged_noted = False
     try:
@@ -428,10 +476,13 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     # Which precision and which Ray node: what a user checks first on a mixed cluster; the
     # OOM rungs taken and the settings the trial finally ran with.
     where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(), **ladder.metrics()}
-    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where))
+    report = report_to_tune if settings.report_to_tune else ray.train.report
+    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where, report=report))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
-    if settings.tensorboard_dir and ray.train.get_context().get_world_rank() == 0:
+    # (an in-process trial is the only rank; Ray refuses ray.train.get_context inside Tune)
+    rank_zero = settings.report_to_tune or ray.train.get_context().get_world_rank() == 0
+    if settings.tensorboard_dir and rank_zero:
         callbacks.extend(hf_trainer.tensorboard_callbacks(settings.tensorboard_dir, scratch=output_dir))
     trainer = hf_trainer.build_hf_trainer(
         config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,

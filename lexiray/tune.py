@@ -30,7 +30,8 @@ from lexiray.model import check_bitsandbytes, load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout
-from lexiray.trial import TRIAL_DRIVER_CPUS, TrainingData, TrialPlan, run_tune_trial, start_mailbox
+from lexiray.trial import (TrainingData, TrialPlan, run_tune_trial, start_mailbox, trains_in_trial_actor,
+                           trial_actor_resources)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,11 @@ def run_config(config: ExperimentConfig, layout: ExperimentLayout, max_t: int, v
         name=layout.name,
         storage_path=layout.storage_path,
         failure_config=tune.FailureConfig(max_failures=config.tune.max_failures),
+        # For trials that train in their Tune actor, Tune keeps the checkpoints (Train's
+        # run does it for multi-worker trials): the same ranking, the same count.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=config.tune.keep_checkpoints,
+                                                checkpoint_score_attribute=config.tune.metric,
+                                                checkpoint_score_order=config.tune.mode),
         callbacks=[RecordFinishedTrials(layout), PrintTrialProgress(max_t), *extra_callbacks],
         verbose=1 if verbose else 0,
     )
@@ -137,7 +143,7 @@ class RecordFinishedTrials(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if not result.get("replayed"):
-            storage.append_history(self.layout, trial.trial_id, result)
+            storage.append_history(self.layout, trial.trial_id, storage.fill_checkpoint_path(dict(result), trial.path))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         storage.mark_finished(self.layout, trial.trial_id, trial.last_result or {})
@@ -184,7 +190,14 @@ def check_before_ray(config: ExperimentConfig, layout: ExperimentLayout, console
 
 def _trainable(plan: TrialPlan):
     trainable = tune.with_parameters(run_tune_trial, plan=plan)
-    return tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
+    return tune.with_resources(trainable, trial_actor_resources(plan.base_config))
+
+
+def trial_plan(config: ExperimentConfig, data: TrainingData, layout: ExperimentLayout,
+               chaos: ChaosSpec | None = None) -> TrialPlan:
+    """What every trial shares; the report mailbox only where trials run a Train controller."""
+    mailbox = None if trains_in_trial_actor(config) else start_mailbox()
+    return TrialPlan(config, data, layout, chaos, mailbox=mailbox)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop` and Kubernetes
@@ -232,6 +245,9 @@ def stop_on_signals(resume_command: str, received: list[str]):
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
     received: list[str] = []
+    # Tune saves its experiment state after every checkpoint it prunes (tune.keep_checkpoints)
+    # and warns each time it does so often: on short trials that is a wall of warnings.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with stop_on_signals(f"lexiray resume {layout.root}", received):
         tuner.fit()
     # The scratch folders the killed workers of stopped trials left on this machine; the
@@ -271,8 +287,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
     if layout.tensorboard_dir:
         console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
-    plan = TrialPlan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None,
-                     mailbox=start_mailbox())
+    plan = trial_plan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None)
     tuner = tune.Tuner(
         _trainable(plan),
         param_space=build_param_space(config),
@@ -301,7 +316,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     console.print(f"resuming {layout.root}")
     tuner = tune.Tuner.restore(
         layout.root,
-        trainable=_trainable(TrialPlan(config, data, layout, mailbox=start_mailbox())),
+        trainable=_trainable(trial_plan(config, data, layout)),
         resume_unfinished=True,
         resume_errored=retry_errored,
         restart_errored=False,
