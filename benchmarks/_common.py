@@ -77,10 +77,17 @@ def median(values):
 
 def plain_hf_process(config_path: Path, threads: int) -> dict:
     """plain_hf_run in a fresh Python process: its startup_s counts from the launch, imports included."""
+    import resource
+
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     launched = time.time()
     output = subprocess.run([sys.executable, __file__, str(config_path), str(threads), repr(launched)],
                             check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    metrics = json.loads(output.strip().splitlines()[-1])
+    # the whole process's CPU-seconds: imports, model, data, training, evaluation
+    metrics["cpu_s"] = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
+    return metrics
 
 
 if __name__ == "__main__":  # the plain script of plain_hf_process

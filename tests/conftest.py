@@ -189,3 +189,31 @@ def labelled_runs(tokenizer, ids, labels) -> list[str]:
     if current:
         runs.append(current)
     return [tokenizer.decode(run) for run in runs]
+
+
+def registered_checkpoint_steps(experiment_state_text: str | None) -> dict[str, int]:
+    """Per trial, the step of its newest checkpoint registered in Tune's experiment state
+    (`experiment_state-*.json`): what a restore resumes from. A checkpoint folder appears in
+    storage while the trial uploads it, and Tune registers it a moment later, when the
+    driver takes the result; a kill in between resumes from the one before."""
+    from ray import cloudpickle
+
+    try:
+        state = json.loads(experiment_state_text or "{}")
+    except ValueError:  # caught mid-write
+        return {}
+    steps = {}
+    for trial_json, metadata_json in state.get("trial_data", []):
+        trial_id = json.loads(trial_json)["trial_id"]
+        manager = json.loads(metadata_json)["checkpoint_manager"]
+        latest = cloudpickle.loads(bytes.fromhex(manager["value"]))._latest_checkpoint_result
+        steps[trial_id] = int(latest.metrics.get("step") or 0) if latest else 0
+    return steps
+
+
+def newest_experiment_state(root: Path) -> str | None:
+    states = sorted(root.glob("experiment_state-*.json"))
+    try:
+        return states[-1].read_text() if states else None
+    except OSError:
+        return None

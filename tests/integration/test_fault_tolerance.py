@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, kill_ray_processes, run_cli
+from tests.conftest import REPO, cli_env, kill_ray_processes, newest_experiment_state, registered_checkpoint_steps, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -99,22 +99,6 @@ def _reports(trial_folder: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_folder / "result.json").read_text().splitlines() if line.strip()]
 
 
-def _checkpoint_step(trial_dir: Path) -> int:
-    """The global step of a Train run's newest *registered* checkpoint (0 when none).
-
-    A checkpoint folder appears in storage while the worker uploads it, and Train registers
-    it in `checkpoint_manager_snapshot.json` a moment later, when its controller takes the
-    report. Only a registered checkpoint is one a restore can use; a kill in between is a
-    kill during the save (the previous checkpoint is used), which has its own test."""
-    snapshot = trial_dir / "checkpoint_manager_snapshot.json"
-    try:
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return 0
-    folder = trial_dir / latest.get("checkpoint_dir_name", "") / "checkpoint" / "trainer_state.json"
-    return json.loads(folder.read_text())["global_step"] if folder.is_file() else 0
-
-
 def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
     root = tmp_path / "results" / "drv"
     total_steps = 36  # long enough that a trial is caught between its checkpoints
@@ -125,21 +109,22 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
     process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     process.stdout = log
-    finished, trials = root / "finished", root / "trials"
+    finished = root / "finished"
     midway: dict[str, int] = {}
     try:
         def one_finished_one_midway() -> bool:
             done = {p.stem for p in finished.glob("*.json")} if finished.is_dir() else set()
-            if not done or not trials.is_dir():
+            if not done:
                 return False
             midway.clear()
-            midway.update({d.name: step for d in trials.iterdir() if d.name not in done
-                           for step in [_checkpoint_step(d)] if 0 < step < total_steps})
+            midway.update({trial_id: step for trial_id, step in
+                           registered_checkpoint_steps(newest_experiment_state(root)).items()
+                           if trial_id not in done and 0 < step < total_steps})
             return bool(midway)
 
         _wait_for(one_finished_one_midway, timeout=400, process=process)
         done_before = {p.stem for p in finished.glob("*.json")}
-        checkpoints_before = {t: [c.name for c in _checkpoint_dirs(trials / t)] for t in done_before}
+        checkpoints_before = {t: [c.name for c in _checkpoint_dirs(root / f"trial_{t}")] for t in done_before}
         os.killpg(process.pid, signal.SIGKILL)  # the driver and its local Ray head, at once
         process.wait(timeout=30)
     finally:
@@ -154,7 +139,7 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and all(row["status"] == "DONE" for row in rows), rows
     for trial_id in done_before:  # a finished trial was not trained again
-        after = [c.name for c in _checkpoint_dirs(trials / trial_id)]
+        after = [c.name for c in _checkpoint_dirs(root / f"trial_{trial_id}")]
         assert after == checkpoints_before[trial_id]
     for trial_id, saved_step in midway.items():  # an interrupted trial continued from its checkpoint
         reports = _reports(next(root.glob(f"trial_{trial_id}")))

@@ -93,7 +93,7 @@ def test_one_signal_stops_cleanly_and_resume_finishes(tmp_path, sigint_run, no_r
     # The partial leaderboard: the trial that was training is there, unfinished.
     assert len(leaderboard) == 1 and list(leaderboard.values())[0] not in ("done", "stopped"), leaderboard
     # Its checkpoints were kept: resume continued it rather than starting over.
-    assert list((root / "trials").glob("*/checkpoint_*/checkpoint/adapter_model.safetensors"))
+    assert list(root.glob("trial_*/checkpoint_*/checkpoint/adapter_model.safetensors"))
 
 
 def test_second_sigint_exits_at_once_and_leaves_it_resumable(tmp_path, no_ray_leftovers):

@@ -17,7 +17,8 @@ import pytest
 
 from lexiray import storage
 from lexiray.storage import ExperimentLayout
-from tests.conftest import free_port, cli_env, evaluate_adapter, kill_ray_processes, run_cli
+from tests.conftest import (free_port, cli_env, evaluate_adapter, kill_ray_processes, registered_checkpoint_steps,
+                            run_cli)
 
 pytestmark = pytest.mark.slow
 
@@ -56,20 +57,6 @@ def s3_env(tmp_path, monkeypatch):
         server.wait(timeout=10)
 
 
-def _registered_step(layout: ExperimentLayout, trial_id: str) -> int:
-    """The global step of a trial's newest checkpoint that Train has registered (0: none)."""
-    text = storage.read_text(storage.join(layout.trials_storage, trial_id, "checkpoint_manager_snapshot.json"))
-    try:
-        latest = (json.loads(text) if text else {}).get("latest_checkpoint_result") or {}
-    except ValueError:
-        return 0
-    if not latest.get("checkpoint_dir_name"):
-        return 0
-    state = storage.read_text(storage.join(layout.trials_storage, trial_id, latest["checkpoint_dir_name"],
-                                           "checkpoint", "trainer_state.json"))
-    return json.loads(state)["global_step"] if state else 0
-
-
 def _trial_reports(layout: ExperimentLayout, trial_id: str) -> list[dict]:
     text = storage.read_text(layout.path(f"trial_{trial_id}", "result.json")) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -98,7 +85,10 @@ def test_tuning_on_s3_survives_a_driver_kill_and_reports_and_exports_from_the_bu
                 raise AssertionError(f"tune exited early ({process.returncode}): {log.read()[-3000:]}")
             done = storage.finished_trial_ids(layout)
             trials = [name.removeprefix("trial_") for name in _trial_folders(layout)]
-            midway = {t: step for t in trials if t not in done for step in [_registered_step(layout, t)]
+            state_files = sorted(n for n in storage.list_file_names(layout.root) if n.startswith("experiment_state-"))
+            registered = registered_checkpoint_steps(
+                storage.read_text(layout.path(state_files[-1])) if state_files else None)
+            midway = {t: step for t in trials if t not in done for step in [registered.get(t, 0)]
                       if 0 < step < total}
             if done and midway:
                 break
