@@ -25,6 +25,10 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DEDUP_LOGS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 Tune then prints no tables: progress.py reports
+    # How long a reused trial actor waits for the previous trial's training thread to end
+    # (Tune's default, 2 s, is shorter than one step of a real model on a T4; the thread
+    # stops at its next step, hf_trainer.StopWhenAsked). Past it, the next trial fails.
+    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
 }
 # On one machine nothing is preempted and nobody scrapes Prometheus: the preemption watcher
 # and the metrics callbacks would be work (and a process) per trial for nothing.

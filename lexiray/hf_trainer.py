@@ -397,6 +397,22 @@ class EvaluateAndSaveAtLastStep(TrainerCallback):
         return control
 
 
+class StopWhenAsked(TrainerCallback):
+    """Ends training at the next step once `should_stop()` says so, without saving or
+    evaluating that step: how a trial that trains in its Tune actor stops promptly when
+    ASHA stops it, so Tune can hand the warm actor (torch and the model's code imported)
+    to the next trial instead of starting a new process."""
+
+    def __init__(self, should_stop):
+        self.should_stop = should_stop
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.should_stop():
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = control.should_log = False
+        return control
+
+
 class ReportToRayTrain(TrainerCallback):
     """After each checkpoint save: one `ray.train.report` with the newest value of every
     logged metric, the throughput, and the HF checkpoint (Train persists it to storage and

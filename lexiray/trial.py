@@ -144,6 +144,13 @@ def trial_actor_resources(config: ExperimentConfig) -> dict:
     return reserved
 
 
+def tune_asked_to_stop() -> bool:
+    """Tune has stopped this trial (ASHA, or the end of the run) and wants its actor back
+    for the next trial (`reuse_actors`). Ray 2.60 internal (pinned): the session's event."""
+    session = get_session()
+    return bool(session and session.stop_event.is_set())
+
+
 def report_to_tune(metrics: dict, checkpoint=None) -> None:
     """An in-process trial's report: Tune's session persists the checkpoint into the trial's
     folder (`checkpoint_dir_name` in the result) and hands the metrics to the scheduler."""
@@ -461,6 +468,11 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     # 6. Model and data. A shorter data.max_seq_length rung truncates the training rows only:
     #    the evaluation rows stay whole, so the trial's eval_loss still compares with the others'.
     tokenizer = load_tokenizer(config.model)
+    # The LoRA weights' initial values come from the global RNG: seeded, a trial starts the
+    # same in a fresh process and in a reused trial actor (whose RNG the last trial moved).
+    from transformers import set_seed
+
+    set_seed(config.training.seed)
     model = build_peft_model(config.model, config.lora, config.training, precision)
     if settings.chaos and settings.chaos.action == "oom-above-batch":
         raise_oom_above_batch(model, settings.chaos.batch_limit)
@@ -475,9 +487,12 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
     # Which precision and which Ray node: what a user checks first on a mixed cluster; the
     # OOM rungs taken and the settings the trial finally ran with.
-    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(), **ladder.metrics()}
+    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(),
+             "training_pid": os.getpid(), **ladder.metrics()}
     report = report_to_tune if settings.report_to_tune else ray.train.report
     callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where, report=report))
+    if settings.report_to_tune:
+        callbacks.append(hf_trainer.StopWhenAsked(tune_asked_to_stop))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
     # (an in-process trial is the only rank; Ray refuses ray.train.get_context inside Tune)

@@ -113,6 +113,10 @@ def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: i
         time_budget_s=config.tune.time_budget_s,
         trial_name_creator=lambda trial: trial.trial_id,
         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}",
+        # A trial that trains in its Tune actor leaves it warm (torch, transformers, peft
+        # imported): the next trial reuses it instead of starting a process. Not with a
+        # Train run inside: its controller and workers are per trial anyway.
+        reuse_actors=trains_in_trial_actor(config),
     )
 
 
@@ -242,8 +246,30 @@ def stop_on_signals(resume_command: str, received: list[str]):
             signal.signal(stop_signal, handler)
 
 
+def record_trials_whose_actor_died() -> None:
+    """Ray 2.60 (pinned) leaves a trial whose actor died, with no retry left, RUNNING in the
+    saved experiment state: `TuneController._schedule_trial_stop` sets it to ERROR but
+    returns before marking it for the next state snapshot when it has no live actor. A
+    trial that trains in its actor (`trial.trains_in_trial_actor`) fails exactly so when
+    its process crashes; without this, `lexiray resume` would rerun it as unfinished and
+    the leaderboard would call it pending. Idempotent."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    stop = TuneController._schedule_trial_stop
+    if getattr(stop, "lexiray_marks_trial", False):
+        return
+
+    def schedule_trial_stop(self, trial, exception=None):
+        stop(self, trial, exception=exception)
+        self._mark_trial_to_checkpoint(trial)
+
+    schedule_trial_stop.lexiray_marks_trial = True
+    TuneController._schedule_trial_stop = schedule_trial_stop
+
+
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
+    record_trials_whose_actor_died()
     received: list[str] = []
     # Tune saves its experiment state after every checkpoint it prunes (tune.keep_checkpoints)
     # and warns each time it does so often: on short trials that is a wall of warnings.
