@@ -75,3 +75,30 @@ def test_time_budget_flows_from_the_cli_option_into_tune():
     assert tune_config(load_config("smoke"), 36, 6, 2).time_budget_s is None
     with pytest.raises(ConfigError, match="time-budget"):
         tune_overrides(None, time_budget="soon")
+
+
+def test_a_single_worker_trial_trains_in_its_tune_actor_which_holds_the_trials_resources():
+    from lexiray.trial import TRIAL_DRIVER_CPUS, trains_in_trial_actor, trial_actor_resources
+    from lexiray.tune import tune_config
+
+    one = load_config("smoke", ["resources.cpus_per_trial=2"])
+    assert trains_in_trial_actor(one) and trial_actor_resources(one) == {"CPU": 2}
+    assert tune_config(one, 36, 6, 1).reuse_actors  # the warm actor goes to the next trial
+    gpu = load_config("balanced", ["resources.accelerator_type=T4"])
+    assert trial_actor_resources(gpu) == {"CPU": gpu.resources.cpus_per_trial, "GPU": 1,
+                                          "accelerator_type:T4": 0.001}
+    # several workers: a full Ray Train run; the Tune actor only drives it
+    two = load_config("smoke", ["resources.num_workers=2"])
+    assert not trains_in_trial_actor(two) and trial_actor_resources(two) == {"CPU": TRIAL_DRIVER_CPUS}
+    assert not tune_config(two, 36, 6, 1).reuse_actors
+
+
+def test_the_patch_that_records_a_dead_actors_trial_is_installed_once():
+    from ray.tune.execution.tune_controller import TuneController
+
+    from lexiray.tune import record_trials_whose_actor_died
+
+    record_trials_whose_actor_died()
+    patched = TuneController._schedule_trial_stop
+    record_trials_whose_actor_died()
+    assert TuneController._schedule_trial_stop is patched and patched.lexiray_marks_trial
