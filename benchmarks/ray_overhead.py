@@ -29,7 +29,12 @@ from _processes import ProcessSampler
 
 # The process that trains: the Tune trial actor (single-worker trials train in it) or a
 # Ray Train worker (multi-worker trials).
-TRAINING_PROCESSES = ("ImplicitFunc", "RayTrainWorker")
+# (/proc shows at most 15 characters of a process's name: "ray::ImplicitFu")
+TRAINING_PROCESSES = ("ImplicitFu", "RayTrainWorker")
+
+
+def is_training(kind: str) -> bool:
+    return kind.startswith(TRAINING_PROCESSES)
 
 
 def main() -> None:
@@ -56,8 +61,8 @@ def main() -> None:
     starts = [reports[0]["startup_s"] for reports in trials]
     # (b) CPU by process kind
     by_kind = sampler.cpu_by_kind()
-    training = sum(by_kind.get(kind, 0.0) for kind in TRAINING_PROCESSES)
-    other = {kind: cpu for kind, cpu in by_kind.items() if kind not in TRAINING_PROCESSES}
+    training = sum(cpu for kind, cpu in by_kind.items() if is_training(kind))
+    other = {kind: cpu for kind, cpu in by_kind.items() if not is_training(kind)}
     overhead_per_trial = sum(other.values()) / len(trials)
     plain_cpu = min(before["cpu_s"], after["cpu_s"])
     beyond_plain = sum(by_kind.values()) / len(trials) - plain_cpu
