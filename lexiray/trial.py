@@ -7,12 +7,15 @@ The flow of one tuning trial, each integration point numbered where it happens:
       2. a trial that finished before a driver restart replays its results, never retrains
       3. its resolved config is saved where it runs; a sample estimated over its GPU's
          memory (lexiray.memory) stops here, recorded as skipped
-      4. one Ray Train run named by the trial id, reporting to Tune ─► build_torch_trainer
+      4. one Ray Train run named by the trial id ─► build_torch_trainer: with one worker,
+         Train's local mode in this actor (trains_in_trial_actor), reporting to Tune's
+         session; with several, a worker group whose reports reach Tune via the mailbox
   each Ray Train worker ─► train_worker(settings)
       5. threads and precision for the hardware this worker got
       6. tokenizer, base model + LoRA, the tokenized data from the object store
-      7. Train hands back the last persisted checkpoint after a failure: resume from it
-      8. the HF Trainer (lexiray.hf_trainer): each save → one `ray.train.report`
+      7. Tune (in place) or Train (a worker group) hands back the last persisted
+         checkpoint after a failure: resume from it
+      8. the HF Trainer (lexiray.hf_trainer): each save → one report with its checkpoint
       9. fit, then drop the local scratch folder (every checkpoint is in Ray's storage)
       6–9 again after a CUDA out-of-memory error, on the OOM back-off ladder's next rung
          (lexiray.oom): memory freed, the trial rebuilt in place with a smaller footprint
@@ -22,7 +25,8 @@ is a frozen dataclass: `TrialPlan` (Tune driver → trial driver), `WorkerSettin
 (trial driver → workers).
 
 Only Ray and light lexiray modules are imported at the top: Ray imports this module in
-every trial's driver process, and transformers alone would cost it ~3 CPU-seconds.
+the Tune driver and in every trial's actor, and a multi-worker trial's actor only drives
+its Train run (transformers alone would cost it ~3 CPU-seconds).
 """
 
 from __future__ import annotations
