@@ -234,7 +234,7 @@ def run(options, scratch: Path) -> dict:
              _temp_dir=str(scratch / "ray"), logging_level="ERROR")
     storage.write_experiment_config(layout, config, max_t, grace, options.slots)
     tuning = tune_config(config, max_t, grace, options.slots)
-    tuning.reuse_actors = True  # the seam lexiray lacks: its trials are functions around a Train run
+    assert tuning.reuse_actors  # single-worker trials reuse their warm Tune actors, as lexiray tune does
     trainable = ray_tune.with_resources(ray_tune.with_parameters(make_trainable(), sim=sim),
                                         {"CPU": TRIAL_DRIVER_CPUS, "GPU": 1, "accelerator_type:T4": 1})
     progress_log = scratch / "progress.log"
