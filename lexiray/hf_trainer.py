@@ -314,6 +314,18 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def reset_peak_memory() -> None:
+    """Count this trial's peak memory from here: a reused trial actor (Tune's reuse_actors)
+    trained other trials before, and both measures above are per process."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: "5" resets the process's peak resident set, which ru_maxrss reports
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak stays the process's own, possibly an earlier trial's
+
+
 class ThroughputMeter(TrainerCallback):
     """Times the training steps (not evaluations or saves): samples/s, non-pad tokens/s,
     steps/s, peak memory, how long the process took to reach its first step, the whole

@@ -477,6 +477,7 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     from transformers import set_seed
 
     set_seed(config.training.seed)
+    hf_trainer.reset_peak_memory()  # the peak of this attempt, model loading included
     model = build_peft_model(config.model, config.lora, config.training, precision)
     if settings.chaos and settings.chaos.action == "oom-above-batch":
         raise_oom_above_batch(model, settings.chaos.batch_limit)

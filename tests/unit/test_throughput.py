@@ -63,3 +63,19 @@ def test_a_resumed_run_counts_from_its_restore_point(tmp_path):
     assert metrics["steps_per_second"] == pytest.approx(4.0)
     assert metrics["tokens_per_second"] == pytest.approx(400.0)  # not the 5000 seen before the restore
     assert "startup_s" not in metrics  # no launch time given
+
+
+def test_peak_memory_counts_from_the_reset_as_a_reused_trial_actor_needs():
+    import torch
+
+    from lexiray.hf_trainer import peak_memory_mb, reset_peak_memory
+
+    if torch.cuda.is_available():  # torch's own peak statistics
+        buffer = torch.empty(300 * 2**20, dtype=torch.uint8, device="cuda")
+    else:  # the process's peak resident set
+        buffer = bytearray(300 * 2**20)
+        buffer[:: 4096] = b"x" * len(buffer[:: 4096])  # touch every page: resident
+    del buffer
+    before = peak_memory_mb()
+    reset_peak_memory()
+    assert peak_memory_mb() < before - 200
