@@ -11,28 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from lexiray import ray_seam
 from lexiray.config import ExperimentConfig
 from lexiray.errors import ResourceError
 from lexiray.storage import is_uri
 
-# Ray Train's controller polls workers every 2 s by default and a report waits for the
-# next poll: 0.2 s cut 100 tiny steps from ~17 s to ~6 s (STACK-NOTES). The print patch
-# only adds noise.
-RAY_ENV_DEFAULTS = {
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "RAY_TRAIN_V2_ENABLED": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "RAY_DEDUP_LOGS": "1",
-    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0 Tune then prints no tables: progress.py reports
-    # How long a reused trial actor waits for the previous trial's training thread to end
-    # (Tune's default, 2 s, is shorter than one step of a real model on a T4; the thread
-    # stops at its next step, hf_trainer.StopWhenAsked). Past it, the next trial fails.
-    "TUNE_FUNCTION_THREAD_TIMEOUT_S": "60",
-}
-# On one machine nothing is preempted and nobody scrapes Prometheus: the preemption watcher
-# and the metrics callbacks would be work (and a process) per trial for nothing.
-LOCAL_ONLY_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
+# Ray's environment knobs, with why each is set, live in lexiray.ray_seam.
+RAY_ENV_DEFAULTS, LOCAL_ONLY_ENV_DEFAULTS = ray_seam.RAY_ENV_DEFAULTS, ray_seam.LOCAL_ONLY_ENV_DEFAULTS
 
 
 def init_ray(address: str | None = None, num_cpus: float | None = None, verbose: bool = False,
@@ -63,7 +48,7 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, verbose:
     # cluster's dashboard gets a port chosen here, named in a variable every Ray process
     # inherits, and only the loopback interface (Ray's token authentication stays on).
     port = free_local_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    os.environ[ray_seam.STATE_API_ADDRESS_ENV] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port, **kwargs)
 
 

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import ray.train
 import torch
 from transformers import AttentionInterface, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -425,17 +424,17 @@ class StopWhenAsked(TrainerCallback):
         return control
 
 
-class ReportToRayTrain(TrainerCallback):
-    """After each checkpoint save: one `ray.train.report` with the newest value of every
-    logged metric, the throughput, and the HF checkpoint (Train persists it to storage and
-    Tune's schedulers see the metrics). Evaluation runs on every save step (config check),
-    so the reported eval_loss is the checkpoint's own."""
+class ReportOnSave(TrainerCallback):
+    """After each checkpoint save: one report with the newest value of every logged metric,
+    the throughput, and the HF checkpoint, through the trial's channel (`report(metrics,
+    checkpoint_dir)`, lexiray.channel: Ray persists the checkpoint to storage and Tune's
+    schedulers see the metrics). Evaluation runs on every save step (config check), so the
+    reported eval_loss is the checkpoint's own."""
 
-    def __init__(self, throughput: ThroughputMeter, constants: dict | None = None, report=None):
+    def __init__(self, throughput: ThroughputMeter, report: Callable[..., None], constants: dict | None = None):
         self.throughput = throughput
+        self.report = report
         self.constants = dict(constants or {})  # e.g. the precision the worker chose
-        # ray.train.report, or for a trial training inside its Tune actor, Tune's report
-        self.report = report or ray.train.report
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.global_step == 0 and metrics and "eval_loss" in metrics:
@@ -460,7 +459,7 @@ class ReportToRayTrain(TrainerCallback):
             # Hard links: the HF checkpoint is never modified after its save, and Ray copies
             # the folder to storage before report returns.
             shutil.copytree(local, Path(staging) / CHECKPOINT_NAME, copy_function=_link_or_copy)
-            self.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staging))
+            self.report(metrics, checkpoint_dir=staging)
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -485,7 +484,7 @@ class PrintTrainingProgress(TrainerCallback):
 
 class KillWorkerOnce(TrainerCallback):
     """`--chaos`: SIGKILL this worker at a step, or inside a checkpoint save (placed before
-    `ReportToRayTrain`, so the kill strikes before Ray persists that checkpoint)."""
+    `ReportOnSave`, so the kill strikes before Ray persists that checkpoint)."""
 
     def __init__(self, chaos: ChaosSpec):
         self.chaos = chaos

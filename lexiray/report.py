@@ -21,8 +21,7 @@ from lexiray import plots, storage
 from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig, parse_distribution
 from lexiray.errors import LexirayError
 from lexiray.space import describe_sample
-from lexiray.storage import ExperimentLayout
-from lexiray.tune import TuningRun
+from lexiray.storage import ExperimentLayout, TuningRun
 
 LEADERBOARD_COLUMNS = [
     "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",

@@ -406,6 +406,23 @@ def read_history(layout: ExperimentLayout, trial_id: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+@dataclass(frozen=True)
+class TuningRun:
+    """What `tune.run_tuning` / `resume_tuning` hand to the report (defined here, where both
+    can import it: the report must not load Ray Tune)."""
+
+    layout: ExperimentLayout
+    config: ExperimentConfig
+    max_t: int
+    wall_time_s: float
+    interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
+
+    @property
+    def resume_command(self) -> str:
+        return f"lexiray resume {self.layout.root}"
+
+
+
 # --------------------------------------------------------------------------- a single run
 
 

@@ -31,7 +31,6 @@ its Train run (transformers alone would cost it ~3 CPU-seconds).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -47,16 +46,10 @@ from typing import Any
 import ray.train
 import ray.tune
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train._internal.session import get_session
 from ray.train.backend import BackendConfig
-# Ray internals, pinned (pyproject: ray>=2.60,<2.61) and checked by
-# tests/integration/test_ray_processes.py, so a rename upstream fails a test.
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2.api.callback import UserCallback
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
-from lexiray import storage
+from lexiray import ray_seam, storage
+from lexiray.channel import ReportToTune, TrainRunChannel, TrialChannel, TuneSessionChannel
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, init_ray
 from lexiray.config import ExperimentConfig, apply_sample
@@ -102,9 +95,9 @@ class WorkerSettings:
     chaos: ChaosSpec | None = None
     print_progress: bool = False
     searched: frozenset[str] = frozenset()  # settings the search varies: the OOM ladder keeps them
-    # In-process trial (see `trains_in_trial_actor`): reports and checkpoints go straight to
-    # Tune's session, which persists them; otherwise to Ray Train, which does.
-    report_to_tune: bool = False
+    # How the worker reports, resumes, hears "stop" and knows its rank (lexiray.channel):
+    # chosen by the driver from where the trial trains (`trains_in_trial_actor`).
+    channel: TrialChannel = field(default_factory=TrainRunChannel)
     started_at: float = field(default_factory=time.time)  # for the startup_s metric
 
 
@@ -148,93 +141,6 @@ def trial_actor_resources(config: ExperimentConfig) -> dict:
     return reserved
 
 
-def tune_asked_to_stop() -> bool:
-    """Tune has stopped this trial (ASHA, or the end of the run) and wants its actor back
-    for the next trial (`reuse_actors`). Ray 2.60 internal (pinned): the session's event."""
-    session = get_session()
-    return bool(session and session.stop_event.is_set())
-
-
-def report_to_tune(metrics: dict, checkpoint=None) -> None:
-    """An in-process trial's report: Tune's session persists the checkpoint into the trial's
-    folder (`checkpoint_dir_name` in the result) and hands the metrics to the scheduler."""
-    if checkpoint is not None:
-        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint.path)
-    ray.tune.report(metrics, checkpoint=checkpoint)
-
-
-# --------------------------------------------------------------------------- Train → Tune reports
-#
-# Ray's own `TuneReportCallback` starts a queue actor per trial (one more Python process,
-# ~1.3 CPU-s on 2 cores, measured) for the Train controller to hand each report to the Tune
-# trial. One mailbox actor for the whole tuning run does the same job.
-
-
-class TrialMailbox:
-    """Each trial's reports, in order, from its Train controller to its Tune trial driver.
-    At most one waiting report per trial, as in Ray's queue: a controller waits for Tune."""
-
-    def __init__(self):
-        self.queues: dict[str, asyncio.Queue] = {}
-
-    def _queue(self, key: str) -> asyncio.Queue:
-        return self.queues.setdefault(key, asyncio.Queue(maxsize=1))
-
-    async def put(self, key: str, report: dict) -> None:
-        await self._queue(key).put(report)
-
-    async def get(self, key: str, timeout: float | None) -> dict | None:
-        """The next report, or None after `timeout` s. A report is taken off the queue only
-        by a `get` that returns it: a timed-out wait is cancelled before it takes one."""
-        queue = self._queue(key)
-        if timeout is not None and timeout <= 0:
-            return None if queue.empty() else queue.get_nowait()
-        waiting = asyncio.ensure_future(queue.get())
-        done, _ = await asyncio.wait({waiting}, timeout=timeout)
-        if not done and waiting.cancel():
-            return None
-        return waiting.result()
-
-    def forget(self, key: str) -> None:
-        self.queues.pop(key, None)
-
-
-def start_mailbox():
-    return ray.remote(num_cpus=0)(TrialMailbox).remote()
-
-
-class MailboxReader:
-    """What Tune's function-trainable session reads Train's reports from (the part of
-    `ray.util.queue.Queue` it uses: `get(block, timeout)`, `Empty` when there is none)."""
-
-    def __init__(self, mailbox, key: str):
-        self.mailbox, self.key = mailbox, key
-
-    def get(self, block: bool = True, timeout: float | None = None) -> dict:
-        from ray.util.queue import Empty
-
-        report = ray.get(self.mailbox.get.remote(self.key, timeout if block else 0))
-        if report is None:
-            raise Empty
-        return report
-
-
-class ReportToTune(UserCallback):
-    """Ray's `TuneReportCallback`, through the run's mailbox: each Train report (the rank-0
-    metrics, and the persisted checkpoint's path) becomes one Tune result."""
-
-    def __init__(self, mailbox, key: str):
-        self.mailbox, self.key = mailbox, key
-        # Ray 2.60 internal (pinned): the session reads Train's reports from this attribute.
-        get_session()._inter_actor_queue = MailboxReader(mailbox, key)
-
-    def after_report(self, run_context, metrics: list[dict], checkpoint=None) -> None:
-        report = dict(metrics[0])
-        if checkpoint:
-            report[CHECKPOINT_PATH_KEY] = checkpoint.path
-        ray.get(self.mailbox.put.remote(self.key, report))
-
-
 # --------------------------------------------------------------------------- the trial driver
 
 
@@ -267,7 +173,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         eval_on_start=trial_id.endswith("_00000"),
         chaos=chaos,
         searched=frozenset(plan.base_config.search),
-        report_to_tune=in_process,
+        channel=TuneSessionChannel() if in_process else TrainRunChannel(),
     )
     if in_process:  # 4. Ray Train's local mode, in this process (trains_in_trial_actor)
         build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id, worker_retries=0,
@@ -301,25 +207,6 @@ def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estim
     storage.mark_finished(layout, trial_id, result)
 
 
-class LeanTrainer(DataParallelTrainer):
-    """Ray Train's data-parallel trainer (what `TorchTrainer` is) without the plumbing a
-    lexiray trial does not use:
-    - no Ray Data: every Train run starts a DatasetManager actor (and pushes Ray Data's
-      context to the workers) even when no `datasets=` is given: one more Python process
-      per trial, seconds of CPU on a small machine;
-    - no torch.distributed for a single worker: `TorchConfig` makes the trial driver and
-      the Train controller import torch (~1.5 CPU-s each, measured) and sets up a gloo
-      process group of one. Several workers get `TorchConfig`, as `TorchTrainer` does.
-    (The placement-group cleaner stays: when ASHA stops a trial its controller dies with
-    the trial, and only the cleaner gives the workers' CPUs / GPU back.)"""
-
-    def _create_default_callbacks(self):
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [callback for callback in callbacks if not isinstance(callback, DatasetsCallback)]
-
-
 def backend_config(num_workers: int, use_gpu: bool) -> BackendConfig:
     """No distributed backend for one worker; torch.distributed (NCCL / gloo) for several."""
     if num_workers == 1:
@@ -331,7 +218,7 @@ def backend_config(num_workers: int, use_gpu: bool) -> BackendConfig:
 
 def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, worker_retries: int,
                         callbacks: list | None = None, driver_cpus: float = 0.0,
-                        in_process: bool = False) -> LeanTrainer:
+                        in_process: bool = False) -> ray_seam.LeanTrainer:
     """A Ray Train run of `train_worker` on the config's resources; checkpoints ranked by
     the tuned metric, the best `tune.keep_checkpoints` kept. `worker_retries`: how often
     Train restarts failed workers from the last checkpoint (0 under Tune, which retries).
@@ -344,7 +231,7 @@ def build_torch_trainer(settings: WorkerSettings, storage_path: str, name: str, 
     if resources.gpus_per_trial:
         per_worker["GPU"] = resources.gpus_per_trial
     use_gpu = resources.gpus_per_trial > 0
-    return LeanTrainer(
+    return ray_seam.LeanTrainer(
         # The settings travel in the pickled function, not as `train_loop_config`: Ray
         # types that as a JSON-like dict (its state export converts it to a protobuf Struct).
         functools.partial(train_worker, settings),
@@ -382,22 +269,14 @@ def set_thread_count(cpus: float) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
 
-def quiet_train_reports() -> None:
-    """No log line per report: Ray Train logs each one at INFO, partly from a logger named
-    by its file's path rather than under "ray.train"."""
-    from ray.train.v2._internal.execution import context as train_context
-
-    for name in ("ray.train", train_context.__file__):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def train_worker(settings: WorkerSettings) -> None:
-    """What every Ray Train worker runs. It knows nothing of Tune: Train forwards its
-    reports to Tune (TuneReportCallback) when a Tune trial drives it. A CUDA out-of-memory
+    """What every training process runs: a Ray Train worker, or a single-worker trial in its
+    Tune actor. Where it runs is the channel's business (`settings.channel`): reports,
+    the checkpoint to resume from, "asked to stop" and rank zero. A CUDA out-of-memory
     error does not fail the trial: the worker frees the memory and trains again, in place,
     on the next rung of the OOM back-off ladder (lexiray.oom; single-worker trials only:
     one rank retrying alone would leave the others waiting in their collectives)."""
-    quiet_train_reports()
+    ray_seam.quiet_train_reports()
     config = settings.config
     # 5. Threads and precision for the hardware this worker got.
     hardware = detect_hardware()
@@ -409,7 +288,7 @@ def train_worker(settings: WorkerSettings) -> None:
     ladder = OomLadder(config, settings.searched, train_lengths=lengths)
     # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
     #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
-    checkpoint = ray.tune.get_checkpoint() if settings.report_to_tune else ray.train.get_checkpoint()
+    checkpoint = settings.channel.latest_checkpoint()
     output_dir = storage.make_scratch_dir()
     paged_noted = False
     try:
@@ -494,15 +373,12 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     # OOM rungs taken and the settings the trial finally ran with.
     where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(),
              "training_pid": os.getpid(), **ladder.metrics()}
-    report = report_to_tune if settings.report_to_tune else ray.train.report
-    callbacks.append(hf_trainer.ReportToRayTrain(throughput, constants=where, report=report))
-    if settings.report_to_tune:
-        callbacks.append(hf_trainer.StopWhenAsked(tune_asked_to_stop))
+    channel = settings.channel
+    callbacks.append(hf_trainer.ReportOnSave(throughput, channel.report, constants=where))
+    callbacks.append(hf_trainer.StopWhenAsked(channel.asked_to_stop))
     if settings.print_progress:
         callbacks.append(hf_trainer.PrintTrainingProgress())
-    # (an in-process trial is the only rank; Ray refuses ray.train.get_context inside Tune)
-    rank_zero = settings.report_to_tune or ray.train.get_context().get_world_rank() == 0
-    if settings.tensorboard_dir and rank_zero:
+    if settings.tensorboard_dir and channel.is_rank_zero():
         callbacks.extend(hf_trainer.tensorboard_callbacks(settings.tensorboard_dir, scratch=output_dir))
     trainer = hf_trainer.build_hf_trainer(
         config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,
@@ -526,7 +402,7 @@ def best_checkpoint(result, metric: str = "eval_loss", mode: str = "min"):
     return pick(ranked, key=lambda pair: pair[1][metric])
 
 
-def fit_or_explain(trainer: DataParallelTrainer):
+def fit_or_explain(trainer):
     """`trainer.fit()`, with a failed run turned into one readable line."""
     from ray.train import TrainingFailedError
 

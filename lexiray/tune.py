@@ -1,26 +1,25 @@
 """Build, run and restore the Ray Tune experiment: scheduler, search algorithm, failure policy.
 
-Each Tune trial runs `trial.run_tune_trial`, which fits one Ray Train `TorchTrainer` (the
-Ray 2.51+ pattern; Train forwards every report to Tune). The data is tokenized once, here
+Each Tune trial runs `trial.run_tune_trial`, one Ray Train run per trial: in Train's local
+mode inside the trial's actor when it has one worker, else a worker group whose reports
+reach Tune through the run's mailbox (lexiray.channel). The data is tokenized once, here
 in the driver, and shared with every trial through the object store. The leaderboard and
 the best-adapter export come after, from `lexiray.report` (the CLI calls both).
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import ray
 from ray import tune
 
-from lexiray import storage
+from lexiray import ray_seam, storage
+from lexiray.channel import start_mailbox
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, check_shared_storage, default_concurrency, init_ray
 from lexiray.config import ExperimentConfig
@@ -29,24 +28,8 @@ from lexiray.errors import ConfigError, LexirayError
 from lexiray.model import check_bitsandbytes, load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
-from lexiray.storage import ExperimentLayout
-from lexiray.trial import (TrainingData, TrialPlan, run_tune_trial, start_mailbox, trains_in_trial_actor,
-                           trial_actor_resources)
-
-
-@dataclass(frozen=True)
-class TuningRun:
-    """What `run_tuning` / `resume_tuning` hand to the report."""
-
-    layout: ExperimentLayout
-    config: ExperimentConfig
-    max_t: int
-    wall_time_s: float
-    interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
-
-    @property
-    def resume_command(self) -> str:
-        return f"lexiray resume {self.layout.root}"
+from lexiray.storage import ExperimentLayout, TuningRun
+from lexiray.trial import TrainingData, TrialPlan, run_tune_trial, trains_in_trial_actor, trial_actor_resources
 
 
 def total_steps(config: ExperimentConfig, train_rows: int) -> int:
@@ -153,22 +136,6 @@ class RecordFinishedTrials(tune.Callback):
         storage.mark_finished(self.layout, trial.trial_id, trial.last_result or {})
 
 
-class _DropTuneResumeHints(logging.Filter):
-    """Tune's own Ctrl-C lines point at `Tuner.restore(...)`; lexiray prints its command instead."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "Tuner.restore" not in message and "Stop signal received" not in message
-
-
-def quiet_trial_tracebacks(verbose: bool) -> None:
-    """Tune logs a full traceback for every failed trial attempt, retried or not. The progress
-    callback prints one line instead and the traceback stays in the trial's error.txt."""
-    if not verbose:
-        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
-        logging.getLogger("ray.tune.tune").addFilter(_DropTuneResumeHints())
-
-
 def _prepare_data(config: ExperimentConfig, console):
     """Tokenize once, in the driver, before Ray starts: a data mistake leaves no Ray session."""
     prepared = prepare_data(config.data, load_tokenizer(config.model))
@@ -214,7 +181,7 @@ def stop_on_signals(resume_command: str, received: list[str]):
     state is saved, and `fit` returns (the signal's name is appended to `received`). A
     second signal exits at once (KeyboardInterrupt); the experiment is still resumable.
 
-    Tune's SIGINT handler is off (TUNE_DISABLE_SIGINT_HANDLER) because it knows nothing of
+    Tune's SIGINT handler is off (ray_seam.DRIVER_ENV) because it knows nothing of
     SIGTERM and would not tell us it ran; its SIGUSR1 handler, installed when `fit` starts,
     stops the run the same way and is called for both signals."""
 
@@ -236,7 +203,7 @@ def stop_on_signals(resume_command: str, received: list[str]):
         signal.signal(signal.SIGINT, exit_now)  # again: Tune's handler resets SIGINT to ours
 
     previous = {stop_signal: signal.getsignal(stop_signal) for stop_signal in STOP_SIGNALS}
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    ray_seam.set_driver_env()
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, stop_tune)
     try:
@@ -246,34 +213,10 @@ def stop_on_signals(resume_command: str, received: list[str]):
             signal.signal(stop_signal, handler)
 
 
-def record_trials_whose_actor_died() -> None:
-    """Ray 2.60 (pinned) leaves a trial whose actor died, with no retry left, RUNNING in the
-    saved experiment state: `TuneController._schedule_trial_stop` sets it to ERROR but
-    returns before marking it for the next state snapshot when it has no live actor. A
-    trial that trains in its actor (`trial.trains_in_trial_actor`) fails exactly so when
-    its process crashes; without this, `lexiray resume` would rerun it as unfinished and
-    the leaderboard would call it pending. Idempotent."""
-    from ray.tune.execution.tune_controller import TuneController
-
-    stop = TuneController._schedule_trial_stop
-    if getattr(stop, "lexiray_marks_trial", False):
-        return
-
-    def schedule_trial_stop(self, trial, exception=None):
-        stop(self, trial, exception=exception)
-        self._mark_trial_to_checkpoint(trial)
-
-    schedule_trial_stop.lexiray_marks_trial = True
-    TuneController._schedule_trial_stop = schedule_trial_stop
-
-
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
     started = time.time()
-    record_trials_whose_actor_died()
+    ray_seam.record_trials_whose_actor_died()
     received: list[str] = []
-    # Tune saves its experiment state after every checkpoint it prunes (tune.keep_checkpoints)
-    # and warns each time it does so often: on short trials that is a wall of warnings.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     with stop_on_signals(f"lexiray resume {layout.root}", received):
         tuner.fit()
     # The scratch folders the killed workers of stopped trials left on this machine; the
@@ -300,7 +243,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
         console.print("note: the config has no search: block; every trial runs the same settings")
     prepared, max_t, grace = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
-    quiet_trial_tracebacks(verbose)
+    ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
     if layout.exists():  # --overwrite, once nothing else stands in the way
@@ -335,7 +278,7 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
         raise LexirayError(f"{layout.root}: no Tune experiment state to resume from")
     prepared, max_t, _ = check_before_ray(config, layout, console)
     init_ray(address, verbose=verbose)
-    quiet_trial_tracebacks(verbose)
+    ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)
     check_shared_storage(layout.storage_path)
     data = _share_data(prepared)

@@ -41,7 +41,8 @@ def test_a_train_run_starts_exactly_the_expected_ray_actors(tmp_path, no_ray_lef
     from ray.train.torch import TorchTrainer
 
     from lexiray.cluster import init_ray
-    from lexiray.trial import LeanTrainer, TrainingData, WorkerSettings, build_torch_trainer
+    from lexiray.ray_seam import LeanTrainer
+    from lexiray.trial import TrainingData, WorkerSettings, build_torch_trainer
 
     config = load_config("smoke", ["training.max_steps=2", "training.save_steps=2", "training.eval_steps=2",
                                    "data.max_rows=60"])

@@ -29,3 +29,12 @@ def test_a_single_worker_run_has_no_distributed_backend():
     several = backend_config(num_workers=2, use_gpu=False)
     assert type(several).__name__ == "TorchConfig" and several.backend == "gloo"
     assert backend_config(num_workers=4, use_gpu=True).backend == "nccl"
+
+
+def test_the_report_and_export_load_no_ray_tune():
+    """`lexiray report` / `export` read finished experiments: importing them must not pay for
+    Ray Tune (seconds of imports), and the check sees Ray Tune when something loads it."""
+    loaded = _modules_after("import lexiray.report")
+    assert "lexiray.report" in loaded and "lexiray.storage" in loaded
+    assert not {name for name in loaded if name == "ray.tune" or name.startswith("ray.tune.")}
+    assert "ray.tune" in _modules_after("import lexiray.report, lexiray.tune")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from lexiray.trial import TrialMailbox
+from lexiray.channel import TrialMailbox
 
 
 def test_reports_arrive_in_order_per_key_and_waits_time_out_empty():

@@ -91,14 +91,3 @@ def test_a_single_worker_trial_trains_in_its_tune_actor_which_holds_the_trials_r
     two = load_config("smoke", ["resources.num_workers=2"])
     assert not trains_in_trial_actor(two) and trial_actor_resources(two) == {"CPU": TRIAL_DRIVER_CPUS}
     assert not tune_config(two, 36, 6, 1).reuse_actors
-
-
-def test_the_patch_that_records_a_dead_actors_trial_is_installed_once():
-    from ray.tune.execution.tune_controller import TuneController
-
-    from lexiray.tune import record_trials_whose_actor_died
-
-    record_trials_whose_actor_died()
-    patched = TuneController._schedule_trial_stop
-    record_trials_whose_actor_died()
-    assert TuneController._schedule_trial_stop is patched and patched.lexiray_marks_trial
