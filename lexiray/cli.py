@@ -269,7 +269,7 @@ def presets(debug: bool = DebugOption):
         ("save_steps", lambda c: c.training.save_steps),
         ("gpus / cpus per trial", lambda c: f"{c.resources.gpus_per_trial:g} / {c.resources.cpus_per_trial:g}"),
         ("trials", lambda c: c.tune.num_samples),
-        ("searched", lambda c: ", ".join(k.split(".")[-1] for k in c.search) or "-"),
+        ("searched", lambda c: ", ".join(k.split(".")[-1] for k in c.search_space.keys) or "-"),
     ]
     for label, get in rows:
         table.add_row(label, *(str(get(c)) for c in configs))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 import math
+import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,7 +183,12 @@ class ExperimentConfig(Section):
     resources: ResourceSettings = Field(default_factory=ResourceSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
-    search: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, Any] = Field(default_factory=dict)  # as written; read it through `search_space`
+
+    @property
+    def search_space(self) -> "SearchSpace":
+        """The search block, typed (`SearchSpace`): parsed once per config (see `search_space`)."""
+        return search_space(self)
 
 
 # --------------------------------------------------------------------------- loading
@@ -402,7 +410,7 @@ def _setting_keys() -> set[str]:
     return {key for key in valid_keys() if key not in sections}
 
 
-def parse_distribution(key: str, spec: Any, source: str) -> tuple[str, list]:
+def _parse_dimension(key: str, spec: Any, source: str) -> "Dimension":
     if not isinstance(spec, dict) or len(spec) != 1:
         raise ConfigError(f"{source}: search.{key}: expected one of {{{', '.join(DISTRIBUTIONS)}: [...]}} "
                           "or a derived expression such as '2 * lora.r'")
@@ -419,10 +427,19 @@ def parse_distribution(key: str, spec: Any, source: str) -> tuple[str, list]:
     if kind == "quniform":
         if len(args) != 3 or not all(isinstance(a, (int, float)) for a in args) or args[0] >= args[1] or args[2] <= 0:
             raise ConfigError(f"{source}: search.{key}.quniform: expected [low, high, step] with low < high, step > 0")
-    return kind, args
+        if not all(math.isclose(bound / args[2], round(bound / args[2])) for bound in args[:2]):
+            raise ConfigError(f"{source}: search.{key}.quniform: low and high must be multiples of the step "
+                              f"{args[2]} (Ray Tune's quniform draws multiples of it)")
+    return Dimension(key, kind, tuple(args))
 
 
-def candidate_values(kind: str, args: list) -> list:
+def _quantized_indices(low: float, high: float, step: float) -> tuple[int, int]:
+    """quniform's values are k * step for k from the first to the last index, as Ray Tune
+    draws them (its bounds are multiples of the step)."""
+    return round(low / step), round(high / step)
+
+
+def candidate_values(kind: str, args: list | tuple) -> list:
     """Values a distribution can produce, where they are finite (for up-front checks);
     the bounds otherwise."""
     if kind in ("choice", "grid"):
@@ -430,9 +447,8 @@ def candidate_values(kind: str, args: list) -> list:
     if kind == "randint":
         return list(range(int(args[0]), int(args[1]) + 1))
     if kind == "quniform":
-        low, high, step = args
-        count = int(math.floor((high - low) / step + 1e-9)) + 1
-        return [low + i * step for i in range(count)]
+        first, last = _quantized_indices(*args)
+        return [k * args[2] for k in range(first, last + 1)]
     return list(args)
 
 
@@ -444,6 +460,126 @@ def parse_derived(expression: str) -> tuple[str, float]:
     return match.group("key"), factor
 
 
+@dataclass(frozen=True)
+class Dimension:
+    """A sampled setting, e.g. `lora.r: {choice: [4, 8, 16]}` -> Dimension('lora.r', 'choice',
+    (4, 8, 16)). `args` as in the YAML: randint's bounds are both included."""
+
+    key: str
+    kind: str  # one of DISTRIBUTIONS
+    args: tuple
+
+    @property
+    def is_finite(self) -> bool:
+        return self.kind in ("choice", "grid")
+
+    def candidate_values(self) -> list:
+        return candidate_values(self.kind, self.args)
+
+    def draw(self, rng: random.Random):
+        """One value, from the values Ray Tune's domain for it (`space.build_param_space`) holds."""
+        kind, args = self.kind, self.args
+        if kind == "loguniform":  # clamped: exp(log(high)) may round above high
+            return min(max(math.exp(rng.uniform(math.log(args[0]), math.log(args[1]))), args[0]), args[1])
+        if kind == "uniform":
+            return rng.uniform(args[0], args[1])
+        if kind == "quniform":
+            first, last = _quantized_indices(*args)
+            return rng.randint(first, last) * args[2]
+        if kind == "randint":
+            return rng.randint(int(args[0]), int(args[1]))
+        return rng.choice(args)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A setting computed from a sample, e.g. `lora.alpha: 2 * lora.r` -> Derived('lora.alpha',
+    '2 * lora.r', 'lora.r', 2.0)."""
+
+    key: str
+    expression: str
+    target: str
+    factor: float
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The search block, parsed: what Tune samples (`space.build_param_space`), what `lexiray
+    plan` samples, what the report plots and `apply_sample` derives all read this one object."""
+
+    dimensions: tuple[Dimension, ...] = ()
+    derived: tuple[Derived, ...] = ()
+
+    @classmethod
+    def parse(cls, search: dict, source: str = "config") -> "SearchSpace":
+        keys = _setting_keys()
+        dimensions, derived = [], []
+        for key, spec in search.items():
+            if key not in keys:
+                raise ConfigError(f"{source}: search.{key}: unknown setting{_suggest(key)}")
+            if isinstance(spec, str):
+                try:
+                    target, factor = parse_derived(spec)
+                except ValueError:
+                    raise ConfigError(f"{source}: search.{key}: cannot read '{spec}' (write e.g. '2 * lora.r')") \
+                        from None
+                if target not in keys:
+                    raise ConfigError(f"{source}: search.{key}: '{spec}' refers to unknown setting '{target}'")
+                derived.append(Derived(key, spec, target, factor))
+            else:
+                dimensions.append(_parse_dimension(key, spec, source))
+        return cls(tuple(dimensions), tuple(derived))
+
+    @property
+    def sampled_keys(self) -> tuple[str, ...]:
+        return tuple(dimension.key for dimension in self.dimensions)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every searched setting: the sampled ones, then the derived ones."""
+        return self.sampled_keys + tuple(entry.key for entry in self.derived)
+
+    def dimension(self, key: str) -> Dimension:
+        for dimension in self.dimensions:
+            if dimension.key == key:
+                return dimension
+        raise KeyError(key)
+
+    def candidate_values(self, key: str) -> list:
+        return self.dimension(key).candidate_values()
+
+    @property
+    def is_finite(self) -> bool:
+        """True when every sampled setting is a choice or a grid (its points can be listed)."""
+        return all(dimension.is_finite for dimension in self.dimensions)
+
+    def grid_points(self) -> list[dict]:
+        """Every point of a finite space (one empty sample when nothing is sampled)."""
+        if not self.is_finite:
+            raise ValueError("grid_points: the space has continuous dimensions")
+        values = itertools.product(*(dimension.args for dimension in self.dimensions))
+        return [dict(zip(self.sampled_keys, point)) for point in values]
+
+    def seeded_samples(self, count: int, seed: int = 0) -> list[dict]:
+        """`count` samples drawn with `random.Random(seed)`, each value one Tune's domain holds."""
+        rng = random.Random(seed)
+        return [{dimension.key: dimension.draw(rng) for dimension in self.dimensions} for _ in range(count)]
+
+
+_SEARCH_SPACE_SLOT = "_lexiray_search_space"  # in the model's __dict__ like a functools.cached_property: no field
+
+
+def search_space(config: ExperimentConfig, source: str = "search") -> SearchSpace:
+    """`config.search` parsed, once per config: the result is kept on the config with a copy of
+    the block it came from, and parsed again only if the block was changed since."""
+    cached = config.__dict__.get(_SEARCH_SPACE_SLOT)
+    if cached is not None and cached[0] == config.search:
+        return cached[1]
+    space = SearchSpace.parse(config.search, source)
+    config.__dict__[_SEARCH_SPACE_SLOT] = (copy.deepcopy(config.search), space)
+    return space
+
+
 def _effective_batch(config: ExperimentConfig) -> int:
     return config.training.effective_batch_size
 
@@ -451,25 +587,14 @@ def _effective_batch(config: ExperimentConfig) -> int:
 def validate_search(config: ExperimentConfig, source: str = "config") -> None:
     """Every key a setting, every distribution well formed, every candidate value valid,
     and searched batch sizes dividing the preset's effective batch."""
-    keys = _setting_keys()
-    sampled: dict[str, tuple[str, list]] = {}
-    for key, spec in config.search.items():
-        if key not in keys:
-            raise ConfigError(f"{source}: search.{key}: unknown setting{_suggest(key)}")
-        if isinstance(spec, str):
-            try:
-                target, _ = parse_derived(spec)
-            except ValueError:
-                raise ConfigError(f"{source}: search.{key}: cannot read '{spec}' (write e.g. '2 * lora.r')") from None
-            if target not in keys:
-                raise ConfigError(f"{source}: search.{key}: '{spec}' refers to unknown setting '{target}'")
-            continue
-        sampled[key] = parse_distribution(key, spec, source)
-    if config.tune.search_alg == "optuna" and any(kind == "grid" for kind, _ in sampled.values()):
-        raise ConfigError(f"{source}: 'grid' entries need tune.search_alg=random (Optuna samples, it does not grid)")
-    if BATCH_KEY in sampled and ACCUMULATION_KEY not in config.search:
+    space = search_space(config, source)  # errors name the file; the config keeps the result
+    grids = [dimension.key for dimension in space.dimensions if dimension.kind == "grid"]
+    if grids and config.tune.search_alg != "random":  # only the random search lays out grids
+        raise ConfigError(f"{source}: search.{grids[0]}: 'grid' entries need tune.search_alg=random "
+                          f"({config.tune.search_alg} samples, it does not grid)")
+    if BATCH_KEY in space.sampled_keys and ACCUMULATION_KEY not in space.keys:
         effective = _effective_batch(config)
-        for value in candidate_values(*sampled[BATCH_KEY]):
+        for value in space.candidate_values(BATCH_KEY):
             if not float(value).is_integer() or value <= 0 or effective % int(value) != 0:
                 raise ConfigError(
                     f"{source}: search.{BATCH_KEY}: batch {value} does not divide the effective batch "
@@ -479,9 +604,9 @@ def validate_search(config: ExperimentConfig, source: str = "config") -> None:
     # Each candidate must make a valid config on its own (r > 0, lr > 0, ...), and so must the
     # derived settings computed from the base values.
     apply_sample(config, {}, source=source)
-    for key, (kind, args) in sampled.items():
-        for value in candidate_values(kind, args):
-            apply_sample(config, {key: value}, source=f"{source}: search.{key}={value!r}")
+    for dimension in space.dimensions:
+        for value in dimension.candidate_values():
+            apply_sample(config, {dimension.key: value}, source=f"{source}: search.{dimension.key}={value!r}")
 
 
 def _set(raw: dict, key: str, value: Any) -> None:
@@ -497,20 +622,19 @@ def _get(raw: dict, key: str) -> Any:
 def apply_sample(config: ExperimentConfig, sample: dict, source: str = "trial") -> ExperimentConfig:
     """The trial's config: the base config with the sampled values, derived settings and
     the effective batch held constant. The search block is dropped from the result."""
+    space = config.search_space
     raw = config.model_dump(mode="json")
     raw["search"] = {}
     for key, value in sample.items():
         _set(raw, key, value)
-    for key, spec in config.search.items():
-        if isinstance(spec, str):
-            target, factor = parse_derived(spec)
-            base = _get(raw, target)
-            if isinstance(base, bool) or not isinstance(base, (int, float)):
-                raise ConfigError(f"{source}: search.{key}: '{spec}' refers to {target}={base!r}, which is not a "
-                                  "number; derive it from a numeric setting such as lora.r")
-            value = base * factor
-            _set(raw, key, int(value) if float(value).is_integer() else value)
-    if BATCH_KEY in sample and ACCUMULATION_KEY not in config.search:
+    for entry in space.derived:
+        base = _get(raw, entry.target)
+        if isinstance(base, bool) or not isinstance(base, (int, float)):
+            raise ConfigError(f"{source}: search.{entry.key}: '{entry.expression}' refers to {entry.target}={base!r}, "
+                              "which is not a number; derive it from a numeric setting such as lora.r")
+        value = base * entry.factor
+        _set(raw, entry.key, int(value) if float(value).is_integer() else value)
+    if BATCH_KEY in sample and ACCUMULATION_KEY not in space.keys:
         batch = int(sample[BATCH_KEY])
         effective = _effective_batch(config)
         if batch <= 0 or effective % batch:

@@ -9,16 +9,14 @@ The estimates model Llama / Qwen2-style decoders (q/k/v/o + gated MLP, RMSNorm, 
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import math
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from lexiray.config import ALL_PROJECTIONS, ExperimentConfig, apply_sample, parse_distribution
+from lexiray.config import ALL_PROJECTIONS, ExperimentConfig, apply_sample
 from lexiray.errors import LexirayError
 from lexiray.space import describe_sample
 from lexiray.tiny import TINY_SETTINGS, is_tiny
@@ -365,36 +363,17 @@ def over_budget(config: ExperimentConfig) -> tuple[float, float] | None:
 # --------------------------------------------------------------------------- `lexiray plan`
 
 
-def _draw(kind: str, args: list, rng: random.Random):
-    if kind == "loguniform":
-        return math.exp(rng.uniform(math.log(args[0]), math.log(args[1])))
-    if kind == "uniform":
-        return rng.uniform(args[0], args[1])
-    if kind == "quniform":
-        return round(rng.uniform(args[0], args[1]) / args[2]) * args[2]
-    if kind == "randint":  # inclusive in lexiray's grammar
-        return rng.randint(int(args[0]), int(args[1]))
-    return rng.choice(args)
-
-
-def _sampled(config: ExperimentConfig) -> dict[str, tuple[str, list]]:
-    return {key: parse_distribution(key, spec, "search") for key, spec in config.search.items()
-            if not isinstance(spec, str)}
-
-
 def search_is_finite(config: ExperimentConfig) -> bool:
     """True when every searched setting is a choice or a grid (its points can be listed)."""
-    return all(kind in ("choice", "grid") for kind, _ in _sampled(config).values())
+    return config.search_space.is_finite
 
 
 def plan_samples(config: ExperimentConfig, count: int, seed: int = 0) -> list[dict]:
     """Every point of the search block when it is all choices (and grids), else `count`
-    seeded draws from it; one empty sample when nothing is searched."""
-    sampled = _sampled(config)
-    if search_is_finite(config):
-        return [dict(zip(sampled, values)) for values in itertools.product(*(args for _, args in sampled.values()))]
-    rng = random.Random(seed)
-    return [{key: _draw(kind, args, rng) for key, (kind, args) in sampled.items()} for _ in range(count)]
+    seeded draws from it; one empty sample when nothing is searched. Both come from the
+    config's `search_space`, the object Tune's param_space is built from."""
+    space = config.search_space
+    return space.grid_points() if space.is_finite else space.seeded_samples(count, seed)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lexiray import plots, storage
-from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig, parse_distribution
+from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig
 from lexiray.errors import LexirayError
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TuningRun
@@ -168,14 +168,12 @@ def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
     where the search drew them log-uniformly or lists values two decades apart or more
     (a grid of learning rates)."""
     settings = []
-    for key, spec in config.search.items():
-        if isinstance(spec, str):
-            continue
-        kind, args = parse_distribution(key, spec, "search")
+    for dimension in config.search_space.dimensions:
+        kind, args = dimension.kind, dimension.args
         numbers = [value for value in args if _is_number(value)]
-        wide = kind in ("choice", "grid") and len(numbers) == len(args) and min(numbers) > 0 \
+        wide = dimension.is_finite and len(numbers) == len(args) and min(numbers) > 0 \
             and max(numbers) / min(numbers) >= 100
-        settings.append(plots.Setting(key, key, log=kind == "loguniform" or wide))
+        settings.append(plots.Setting(dimension.key, dimension.key, log=kind == "loguniform" or wide))
     return settings
 
 

@@ -1,36 +1,39 @@
-"""The `search:` block of a config -> Ray Tune's param_space, and a sample's short label.
+"""The typed search space of a config -> Ray Tune's param_space, and a sample's short label.
 
-The search block's grammar, its validation and `apply_sample` (a sample -> the trial's
-config) live in `lexiray.config`: they are plain settings logic, needed before Ray starts.
+The search block's grammar, its parsing into a `config.SearchSpace`, its validation and
+`apply_sample` (a sample -> the trial's config) live in `lexiray.config`: they are plain
+settings logic, needed before Ray starts.
 """
 
 from __future__ import annotations
 
-from lexiray.config import BATCH_KEY, ExperimentConfig, parse_distribution
+from lexiray.config import BATCH_KEY, Dimension, ExperimentConfig, SearchSpace
 
 
-def build_param_space(config: ExperimentConfig) -> dict:
-    """Tune domains for the sampled settings (derived ones are not sampled)."""
+def tune_domain(dimension: Dimension):
+    """The Ray Tune domain that samples what `dimension` describes (a grid: a grid_search entry)."""
     from ray import tune
 
-    space = {}
-    for key, spec in config.search.items():
-        if isinstance(spec, str):
-            continue
-        kind, args = parse_distribution(key, spec, "search")
-        if kind == "loguniform":
-            space[key] = tune.loguniform(*args)
-        elif kind == "uniform":
-            space[key] = tune.uniform(*args)
-        elif kind == "quniform":
-            space[key] = tune.quniform(*args)
-        elif kind == "randint":  # inclusive in our YAML, exclusive in Tune
-            space[key] = tune.randint(int(args[0]), int(args[1]) + 1)
-        elif kind == "choice":
-            space[key] = tune.choice(args)
-        else:
-            space[key] = tune.grid_search(args)
-    return space
+    kind, args = dimension.kind, dimension.args
+    if kind == "loguniform":
+        return tune.loguniform(*args)
+    if kind == "uniform":
+        return tune.uniform(*args)
+    if kind == "quniform":
+        return tune.quniform(*args)
+    if kind == "randint":  # inclusive in our YAML, exclusive in Tune
+        return tune.randint(int(args[0]), int(args[1]) + 1)
+    if kind == "choice":
+        return tune.choice(list(args))
+    return tune.grid_search(list(args))
+
+
+def build_param_space(space: SearchSpace | ExperimentConfig) -> dict:
+    """Tune domains for the sampled settings (derived ones are not sampled); given a config,
+    for its `search_space`."""
+    if isinstance(space, ExperimentConfig):
+        space = space.search_space
+    return {dimension.key: tune_domain(dimension) for dimension in space.dimensions}
 
 
 def describe_sample(sample: dict) -> str:

@@ -62,7 +62,8 @@ def check_schedule(config: ExperimentConfig, max_t: int) -> tuple[int, int]:
 
 
 def search_algorithm(config: ExperimentConfig, concurrency: int):
-    from ray.tune.search import BasicVariantGenerator
+    """tune.search_alg's algorithm, running at most `concurrency` trials at a time."""
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 
     if config.tune.search_alg == "optuna":
         try:
@@ -70,9 +71,18 @@ def search_algorithm(config: ExperimentConfig, concurrency: int):
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ConfigError("tune.search_alg=optuna needs Optuna: pip install 'lexiray[optuna]'") from None
-        return OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=config.tune.seed)
-    # Tune ignores max_concurrent_trials for an explicit BasicVariantGenerator: set it here.
-    return BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
+        algorithm = OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=config.tune.seed)
+    else:
+        # Not a Searcher: Tune ignores max_concurrent_trials for it and a ConcurrencyLimiter
+        # cannot wrap it, so it carries its own limit.
+        algorithm = BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
+    # Every other algorithm is a Searcher, which suggests a trial whenever Tune has room: left
+    # alone it runs as many trials as the cluster holds, not `concurrency` (the slots
+    # tune.max_concurrent_trials or the resources give), and a model-based one suggests from fewer
+    # finished results. Wrapped here, by its type, so no algorithm added above goes unlimited.
+    if isinstance(algorithm, Searcher):
+        algorithm = ConcurrencyLimiter(algorithm, max_concurrent=concurrency)
+    return algorithm
 
 
 def scheduler(config: ExperimentConfig, max_t: int, grace: int):
@@ -89,8 +99,9 @@ def scheduler(config: ExperimentConfig, max_t: int, grace: int):
 def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: int) -> tune.TuneConfig:
     return tune.TuneConfig(
         num_samples=config.tune.num_samples,
-        # random search carries its own limit (Tune ignores this one for it)
-        max_concurrent_trials=concurrency if config.tune.search_alg == "optuna" else None,
+        # the search algorithm carries the limit, whichever it is (search_algorithm); Tune would
+        # only warn that this one is ignored
+        max_concurrent_trials=None,
         search_alg=search_algorithm(config, concurrency),
         scheduler=scheduler(config, max_t, grace),
         time_budget_s=config.tune.time_budget_s,

@@ -8,7 +8,8 @@ from ray.tune.search import sample
 
 from lexiray.config import SEARCH_SPACES_DIR, load_config
 from lexiray.errors import ConfigError
-from lexiray.config import apply_sample, candidate_values, parse_derived
+from lexiray.config import SearchSpace, apply_sample, candidate_values, parse_derived
+from lexiray.memory import plan_samples
 from lexiray.space import build_param_space, describe_sample
 
 BATCH = "training.per_device_train_batch_size"
@@ -96,6 +97,78 @@ def test_preset_param_space():
     assert set(space) == {"training.learning_rate", "lora.r", BATCH}
     assert space["training.learning_rate"].lower == pytest.approx(1.25e-4)
     assert space["training.learning_rate"].upper == pytest.approx(2e-3)
+
+
+# --------------------------------------------------------------------------- one space for Tune and plan
+
+
+def _in_tune_domain(domain, value) -> bool:
+    """Whether Ray Tune's domain (or grid entry) holds `value`, by Tune's own bounds."""
+    if isinstance(domain, dict):
+        return value in domain["grid_search"]
+    if isinstance(domain, sample.Categorical):
+        return value in domain.categories
+    if isinstance(domain, sample.Integer):  # Tune's upper bound is exclusive
+        return float(value).is_integer() and domain.lower <= value < domain.upper
+    if isinstance(domain.sampler, sample.Quantized):
+        steps = value / domain.sampler.q
+        if abs(steps - round(steps)) > 1e-9:
+            return False
+    return domain.lower <= value <= domain.upper
+
+
+@pytest.mark.parametrize("name", ["smoke", "balanced", "all_kinds"])
+def test_plan_samples_lie_in_tunes_domains(name, request):
+    config = request.getfixturevalue(name) if name == "all_kinds" else load_config(name)
+    param_space = build_param_space(config.search_space)
+    samples = plan_samples(config, count=300, seed=3)
+    assert len(samples) == 300
+    for point in samples:
+        assert set(point) == set(param_space) == set(config.search_space.sampled_keys)
+        outside = {key: value for key, value in point.items() if not _in_tune_domain(param_space[key], value)}
+        assert not outside, f"{name}: plan drew {outside}, which Tune's param_space cannot"
+    for key, domain in param_space.items():  # and plan reaches both ends of what Tune draws
+        drawn = [point[key] for point in samples]
+        if isinstance(domain, sample.Categorical):
+            assert set(drawn) == set(domain.categories)
+        elif isinstance(domain, sample.Integer):
+            assert (min(drawn), max(drawn)) == (domain.lower, domain.upper - 1)
+
+
+def test_plan_grid_points_lie_in_tunes_domains():
+    config = load_config("balanced", ["search.training.learning_rate={choice: [1.0e-4, 2.0e-4]}"])
+    param_space = build_param_space(config)
+    points = plan_samples(config, count=5)
+    assert len(points) == 2 * 3 * 3
+    assert all(set(p) == set(param_space) and all(_in_tune_domain(param_space[k], v) for k, v in p.items())
+               for p in points)
+
+
+def test_the_search_block_is_parsed_once_per_config():
+    config = load_config("smoke")
+    space = config.search_space
+    assert isinstance(space, SearchSpace) and config.search_space is space
+    assert space.sampled_keys == ("training.learning_rate", "lora.r", BATCH)
+    assert [(d.key, d.target, d.factor) for d in space.derived] == [("lora.alpha", "lora.r", 2.0)]
+    assert space.candidate_values("lora.r") == [4, 8, 16]
+    assert space.seeded_samples(4, seed=7) == space.seeded_samples(4, seed=7) != space.seeded_samples(4, seed=8)
+    config.search["lora.r"] = {"choice": [2, 4]}  # a changed block is parsed again, not served stale
+    assert config.search_space is not space and config.search_space.candidate_values("lora.r") == [2, 4]
+    assert apply_sample(config, {}).search_space == SearchSpace()
+
+
+def test_quniform_candidates_are_the_values_tune_draws():
+    assert candidate_values("quniform", [0.05, 0.2, 0.05]) == [0.05, 0.1, 3 * 0.05, 0.2]
+    space = SearchSpace.parse({"lora.dropout": {"quniform": [0.05, 0.2, 0.05]}})
+    domain = build_param_space(space)["lora.dropout"]
+    drawn = domain.sample(size=200) + [point["lora.dropout"] for point in space.seeded_samples(200)]
+    assert set(drawn) == set(space.candidate_values("lora.dropout"))
+
+
+def test_quniform_bounds_must_be_multiples_of_the_step():
+    # Ray Tune refuses such a domain when the tuning run starts; lexiray, when the config loads
+    message = _load_error("speed", ["search.lora.dropout={quniform: [0.03, 0.2, 0.05]}"])
+    assert "lora.dropout" in message and "multiples" in message
 
 
 # --------------------------------------------------------------------------- apply_sample

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
+import typing
 
 import pytest
 
-from lexiray.config import load_config
+from lexiray.config import TuneSettings, load_config
 from lexiray.errors import ConfigError
 from lexiray.config import parse_duration
 from lexiray.tune import check_schedule, scheduler, search_algorithm, total_steps
@@ -39,9 +40,30 @@ def test_random_search_carries_the_concurrency_limit():
     assert type(generator).__name__ == "BasicVariantGenerator" and generator.max_concurrent == 2
 
 
+SEARCH_ALGS = typing.get_args(TuneSettings.model_fields["search_alg"].annotation)
+
+
+@pytest.mark.parametrize("name", SEARCH_ALGS)
+def test_every_search_algorithm_runs_at_most_the_concurrency(name):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+
+    from lexiray.tune import tune_config
+
+    config = load_config("smoke", [f"tune.search_alg={name}"])
+    built = tune_config(config, max_t=36, grace=6, concurrency=3)
+    algorithm = built.search_alg
+    assert built.max_concurrent_trials is None  # the algorithm carries the limit; Tune would ignore this one
+    if name == "random":
+        assert type(algorithm) is BasicVariantGenerator and algorithm.max_concurrent == 3
+    else:  # a Searcher (not the random search under another name), capped by a ConcurrencyLimiter
+        assert isinstance(algorithm, ConcurrencyLimiter) and algorithm.max_concurrent == 3
+        assert isinstance(algorithm.searcher, Searcher) and not isinstance(algorithm.searcher, ConcurrencyLimiter)
+        assert name in type(algorithm.searcher).__name__.lower()
+
+
 def test_optuna_search_and_its_missing_extra(monkeypatch):
     config = load_config("smoke", ["tune.search_alg=optuna"])
-    assert type(search_algorithm(config, 2)).__name__ == "OptunaSearch"
+    assert type(search_algorithm(config, 2).searcher).__name__ == "OptunaSearch"
     monkeypatch.setitem(sys.modules, "optuna", None)  # as if the extra were not installed
     with pytest.raises(ConfigError, match=r"lexiray\[optuna\]"):
         search_algorithm(config, 2)
