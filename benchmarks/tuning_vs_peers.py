@@ -11,6 +11,12 @@ side, on this machine's cores:
 All four run the same grid with the same ASHA settings where a scheduler is used (first rung
 at the first evaluation, reduction factor 3). Prints every wall time and best eval_loss, and
 ends with lexiray's speed-up over the fastest peer (> 1: lexiray is faster than all of them).
+
+ASHA's decisions depend on the order in which trials reach a rung, so the two ASHA tuners
+train a different number of steps from run to run and their wall times move with that luck.
+Each tuner's seconds per trained step (wall / steps, median over its runs) is printed beside
+its wall time: lexiray's against the bare Ray Tune + ASHA peer's (hf-ray-asha) is the
+overhead lexiray adds per step, whatever ASHA decided.
 """
 
 from __future__ import annotations
@@ -32,11 +38,11 @@ RANKS = [4, 16]
 REDUCTION_FACTOR = 3
 
 
-def run_plain(base) -> tuple[float, float]:
+def run_plain(base) -> tuple[float, float, int]:
     started = time.time()
     losses = [plain_hf_run(apply_sample(base, {"training.learning_rate": lr, "lora.r": r}), threads=2)["eval_loss"]
               for lr in LEARNING_RATES for r in RANKS]
-    return time.time() - started, min(losses)
+    return time.time() - started, min(losses), len(losses) * base.training.max_steps
 
 
 def _hf_trainer(base, output: str):
@@ -67,7 +73,7 @@ def _hf_trainer(base, output: str):
     return trainer
 
 
-def run_hf_optuna(base, scratch: Path) -> tuple[float, float]:
+def run_hf_optuna(base, scratch: Path) -> tuple[float, float, int]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,7 +88,8 @@ def run_hf_optuna(base, scratch: Path) -> tuple[float, float]:
         hp_space=hp_space, n_trials=len(LEARNING_RATES) * len(RANKS), direction="minimize", backend="optuna",
         compute_objective=lambda metrics: metrics["eval_loss"],
         sampler=optuna.samplers.GridSampler({"learning_rate": LEARNING_RATES, "lora_r": RANKS}))
-    return time.time() - started, best.objective
+    configs = len(LEARNING_RATES) * len(RANKS)  # every config to the end: no pruning
+    return time.time() - started, best.objective, configs * base.training.max_steps
 
 
 def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
@@ -119,7 +126,7 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
         trainer.train()
 
 
-def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float, float]:
+def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float, float, int]:
     """Ray Tune + ASHA around a plain HF Trainer, one new process per trial: what
     `Trainer.hyperparameter_search(backend="ray")` does. (That method itself fails in
     transformers 5.24 with Ray 2.60: it pickles the Trainer, which holds a weakref.)"""
@@ -152,7 +159,7 @@ def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float,
     finally:
         ray.shutdown()
     print(f"hf-ray-asha trained {steps} steps")
-    return time.time() - started, float(loss)
+    return time.time() - started, float(loss), steps
 
 
 def main() -> None:
@@ -166,7 +173,7 @@ def main() -> None:
                "training.logging_steps": every, "tune.num_samples": 1, "tune.reduction_factor": REDUCTION_FACTOR}
     search = {"training.learning_rate": {"grid": LEARNING_RATES}, "lora.r": {"grid": RANKS},
               "lora.alpha": "2 * lora.r"}
-    runs: dict[str, list[tuple[float, float]]] = {}
+    runs: dict[str, list[tuple[float, float, int]]] = {}  # per tuner: (wall s, best eval_loss, steps trained)
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         path = write_config(scratch, "bar", changes, search=search)
@@ -182,26 +189,31 @@ def main() -> None:
         for repeat in range(options.repeats):
             tune_wall, root = run_tune(path, scratch / "results", f"bar{repeat}")
             summary = json.loads((root / "summary.json").read_text())
-            runs.setdefault("lexiray", []).append((tune_wall, summary["best"]["eval_loss"]))
+            runs.setdefault("lexiray", []).append((tune_wall, summary["best"]["eval_loss"],
+                                                   summary["total_steps_trained"]))
             print(f"lexiray run {repeat + 1}: {tune_wall:.0f} s, trained {summary['total_steps_trained']} steps "
                   f"({summary['stopped_early']} trials stopped early)", flush=True)
             if "hf-ray-asha" not in options.skip:
                 runs.setdefault("hf-ray-asha", []).append(
                     run_hf_ray_asha(base, scratch / f"r{repeat}", options.steps, every))
     configs = len(LEARNING_RATES) * len(RANKS)
-    best_of_all = runs["plain"][0][1] if "plain" in runs else min(loss for r in runs.values() for _, loss in r)
+    best_of_all = runs["plain"][0][1] if "plain" in runs else min(loss for r in runs.values() for _, loss, _ in r)
     print(f"{configs} configs x {options.steps} steps, evaluation every {every} steps; "
           f"best of all configs trained to the end: {best_of_all:.4f}")
+    per_step = {name: median([wall / steps for wall, _, steps in results]) for name, results in runs.items()}
     for name, results in runs.items():
-        gaps = [(loss - best_of_all) / best_of_all for _, loss in results]
-        print(f"{name:12s} wall {', '.join(f'{wall:.0f}' for wall, _ in results)} s (median "
-              f"{median([wall for wall, _ in results]):.0f}); best eval_loss "
-              f"{', '.join(f'{loss:.4f}' for _, loss in results)} ({', '.join(f'{g:+.2%}' for g in gaps)})")
-    lexiray_gaps = [(loss - best_of_all) / best_of_all for _, loss in runs["lexiray"]]
+        gaps = [(loss - best_of_all) / best_of_all for _, loss, _ in results]
+        print(f"{name:12s} wall {', '.join(f'{wall:.0f}' for wall, _, _ in results)} s (median "
+              f"{median([wall for wall, _, _ in results]):.0f}); steps {', '.join(str(s) for _, _, s in results)}; "
+              f"{per_step[name]:.3f} s per trained step (median); best eval_loss "
+              f"{', '.join(f'{loss:.4f}' for _, loss, _ in results)} ({', '.join(f'{g:+.2%}' for g in gaps)})")
+    lexiray_gaps = [(loss - best_of_all) / best_of_all for _, loss, _ in runs["lexiray"]]
     print(f"every lexiray run within 1 % of the best of all: {all(gap <= 0.01 for gap in lexiray_gaps)}")
-    peers = {name: median([wall for wall, _ in results]) for name, results in runs.items() if name != "lexiray"}
+    if "hf-ray-asha" in per_step:  # <= 1: lexiray spends no more per trained step than bare Ray Tune + ASHA
+        print(f"lexiray_vs_bare_peer_seconds_per_step: {per_step['lexiray'] / per_step['hf-ray-asha']:.2f}")
+    peers = {name: median([wall for wall, _, _ in results]) for name, results in runs.items() if name != "lexiray"}
     fastest = min(peers, key=peers.get)
-    tune_wall = median([wall for wall, _ in runs["lexiray"]])
+    tune_wall = median([wall for wall, _, _ in runs["lexiray"]])
     print(f"fastest peer: {fastest}")
     print(f"tune_vs_fastest_peer_speedup: {peers[fastest] / tune_wall:.2f}")
 

@@ -1,7 +1,8 @@
 """Dataset loading, validation, chat formatting, assistant-only masking and length stats.
 
-Runs once per experiment in the driver: the tokenized train / eval sets are written as
-Arrow to the experiment folder and memory-mapped by every trial, never re-tokenized.
+Runs once per experiment in the driver, never re-tokenized: a tuning run puts the tokenized
+train / eval sets (Arrow tables) in Ray's object store for every trial; `lexiray train` writes
+them as Arrow to `DIR/data` (`save_prepared`), memory-mapped by its workers (`load_prepared`).
 """
 
 from __future__ import annotations
@@ -571,7 +572,7 @@ def save_prepared(prepared: PreparedData, folder: Path) -> Path:
 
 
 def load_prepared(folder: str | Path):
-    """The tokenized (train, eval) datasets, memory-mapped from the experiment folder."""
+    """The tokenized (train, eval) datasets, memory-mapped from a `lexiray train` run's data folder."""
     import datasets
 
     folder = Path(folder)

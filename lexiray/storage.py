@@ -5,8 +5,9 @@ lexiray's files):
 
   <storage_path>/<name>/
     config.yaml              the experiment's resolved config (first line: max_t, grace, concurrency)
-    trial_<id>/              Ray Tune's trial folders (result.json, error.txt)
-    trials/<id>/             Ray Train's run of each trial: checkpoint_*/checkpoint/ (HF files)
+    trial_<id>/              Ray Tune's trial folders (result.json, error.txt); a single-worker
+                             trial's checkpoints too: checkpoint_*/checkpoint/ (HF files), kept by Tune
+    trials/<id>/             a multi-worker trial's Ray Train run: checkpoint_*/checkpoint/ (HF files)
     trials/<id>/config.yaml  the trial's resolved config, written where it ran
     finished/<id>.json       "this trial is over" (done or stopped by ASHA), written at once
     finished/history/<id>.jsonl   every result of a trial, as it arrived (resume replays them)

@@ -172,7 +172,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         # the first trial also evaluates the untrained model: the "before" of the leaderboard
         eval_on_start=trial_id.endswith("_00000"),
         chaos=chaos,
-        searched=frozenset(plan.base_config.search),
+        searched=frozenset(plan.base_config.search_space.keys),
         channel=TuneSessionChannel() if in_process else TrainRunChannel(),
     )
     if in_process:  # 4. Ray Train's local mode, in this process (trains_in_trial_actor)

@@ -107,7 +107,9 @@ def test_submitted_tuning_job_runs_every_trial_on_the_t4_node(tmp_path, no_ray_l
     with (root / "leaderboard.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(row["status"] in ("DONE", "STOPPED") for row in rows), rows
-    for folder in root.glob("trial_*"):
+    folders = sorted(root.glob("trial_*"))
+    assert len(folders) == 2, folders
+    for folder in folders:
         reports = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
         assert reports and {report["node_id"] for report in reports} <= t4_nodes, (folder.name, reports[-1])
     assert "best adapter:" in submit.stdout and "leaderboard" in submit.stdout

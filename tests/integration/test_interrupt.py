@@ -10,6 +10,7 @@ weights it saves are safetensors only."""
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import time
@@ -94,6 +95,9 @@ def test_one_signal_stops_cleanly_and_resume_finishes(tmp_path, sigint_run, no_r
     assert len(leaderboard) == 1 and list(leaderboard.values())[0] not in ("done", "stopped"), leaderboard
     # Its checkpoints were kept: resume continued it rather than starting over.
     assert list(root.glob("trial_*/checkpoint_*/checkpoint/adapter_model.safetensors"))
+    (folder,) = root.glob("trial_*")
+    reports = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+    assert reports[-1]["step"] == 9 and max(report.get("resumed_from_step", 0) for report in reports) >= 3
 
 
 def test_second_sigint_exits_at_once_and_leaves_it_resumable(tmp_path, no_ray_leftovers):
