@@ -402,6 +402,18 @@ def append_history(layout: ExperimentLayout, trial_id: str, result: dict) -> Non
     write_text(location, (read_text(location) or "") + line)
 
 
+def claim_untrained_evaluation(layout: ExperimentLayout, trial_id: str) -> bool:
+    """True for the first trial that asks (it also evaluates the untrained model, the "before"
+    of the leaderboard). By a marker file, not by the trial's name: only random search names
+    trials `<run>_00000`; Optuna's are hashes. Two trials starting at once may both claim it,
+    which costs one evaluation more and nothing else."""
+    marker = layout.path("finished", "untrained-evaluation")
+    if read_text(marker) is not None:
+        return False
+    write_text(marker, trial_id)
+    return True
+
+
 def read_history(layout: ExperimentLayout, trial_id: str) -> list[dict]:
     text = read_text(layout.history_file(trial_id)) or ""
     return [json.loads(line) for line in text.splitlines() if line.strip()]

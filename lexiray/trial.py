@@ -170,7 +170,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         data=plan.data,
         tensorboard_dir=plan.layout.trial_tensorboard_dir(trial_id, describe_sample(sample)),
         # the first trial also evaluates the untrained model: the "before" of the leaderboard
-        eval_on_start=trial_id.endswith("_00000"),
+        eval_on_start=storage.claim_untrained_evaluation(plan.layout, trial_id),
         chaos=chaos,
         searched=frozenset(plan.base_config.search_space.keys),
         channel=TuneSessionChannel() if in_process else TrainRunChannel(),
