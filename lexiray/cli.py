@@ -254,7 +254,7 @@ def presets(debug: bool = DebugOption):
     configs = [load_config(p) for p in sorted(SEARCH_SPACES_DIR.glob("*.yaml"))]
     order = {"speed": 0, "balanced": 1, "quality": 2}
     configs.sort(key=lambda c: order.get(c.name, 9))
-    table = Table(title="lexiray presets (lexiray/search_spaces/)")
+    table = Table(title="lexiray presets (search_spaces/)")
     table.add_column("setting")
     for c in configs:
         table.add_column(c.name, justify="right")
