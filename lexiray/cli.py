@@ -287,8 +287,10 @@ def plan(
     """Pre-flight: each searched configuration's estimated peak GPU memory against the budget,
     and the projected wall time of a full run. Offline; nothing is trained."""
     from lexiray import memory
+    from lexiray.model import check_precision
 
     settings = _load(config, set_)
+    check_precision(settings)
     shape = memory.model_shape(settings.model.name, settings.model.revision)
     count = samples or settings.tune.num_samples
     seed = settings.tune.seed or 0
