@@ -254,7 +254,7 @@ def presets(debug: bool = DebugOption):
     configs = [load_config(p) for p in sorted(SEARCH_SPACES_DIR.glob("*.yaml"))]
     order = {"speed": 0, "balanced": 1, "quality": 2}
     configs.sort(key=lambda c: order.get(c.name, 9))
-    table = Table(title="lexiray presets (lexiray/search_spaces/)")
+    table = Table(title="lexiray presets (search_spaces/)")
     table.add_column("setting")
     for c in configs:
         table.add_column(c.name, justify="right")
@@ -287,8 +287,10 @@ def plan(
     """Pre-flight: each searched configuration's estimated peak GPU memory against the budget,
     and the projected wall time of a full run. Offline; nothing is trained."""
     from lexiray import memory
+    from lexiray.model import check_precision
 
     settings = _load(config, set_)
+    check_precision(settings)
     shape = memory.model_shape(settings.model.name, settings.model.revision)
     count = samples or settings.tune.num_samples
     seed = settings.tune.seed or 0

@@ -22,7 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lexiray.errors import ConfigError
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parent / "search_spaces"  # package data: installs carry it
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Presets: a wheel carries search_spaces/ inside the package (pyproject's package-dir); a
+# checkout (source, editable install, a job's working_dir) has it next to lexiray/.
+_INSTALLED_PRESETS, _CHECKOUT_PRESETS = _PACKAGE_DIR / "search_spaces", _PACKAGE_DIR.parent / "search_spaces"
+SEARCH_SPACES_DIR = _INSTALLED_PRESETS if _INSTALLED_PRESETS.is_dir() else _CHECKOUT_PRESETS
 DEFAULT_PRESET = "smoke"
 
 LEXILINGO_TASKS = ("fluency", "vocabulary", "grammar", "dialogue", "explanation")
@@ -325,7 +329,7 @@ def apply_override(raw: dict, key: str, value: Any) -> None:
 
 
 def resolve_config_path(path_or_name: str | Path | None) -> Path:
-    """A YAML path, or a preset name such as 'smoke' found in lexiray/search_spaces/."""
+    """A YAML path, or a preset name such as 'smoke' found in search_spaces/."""
     if path_or_name is None:
         path_or_name = DEFAULT_PRESET
     path = Path(path_or_name).expanduser()

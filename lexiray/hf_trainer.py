@@ -310,7 +310,13 @@ def peak_memory_mb() -> float:
     """Peak GPU memory of this process when on CUDA, else its peak resident memory."""
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    # Linux: VmHWM, which reset_peak_memory resets. Not ru_maxrss: it also holds, for good, the
+    # peak of the process that started this one (taken at exec), e.g. a bigger Ray process.
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", status, flags=re.MULTILINE).group(1)) / 1024
+    except (OSError, AttributeError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def reset_peak_memory() -> None:
@@ -319,7 +325,7 @@ def reset_peak_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         return
-    try:  # Linux: "5" resets the process's peak resident set, which ru_maxrss reports
+    try:  # Linux: "5" resets the process's peak resident set (VmHWM, peak_memory_mb's measure)
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # elsewhere the peak stays the process's own, possibly an earlier trial's

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from lexiray.config import LoraSettings, ModelSettings, TrainingSettings
+from lexiray.config import ExperimentConfig, LoraSettings, ModelSettings, TrainingSettings
 from lexiray.errors import ConfigError, ResourceError
 from lexiray.tiny import ensure_tiny_model, is_tiny
 
@@ -53,6 +53,36 @@ def choose_precision(requested: str, hardware: Hardware) -> str:
             "has none: use training.precision=fp16 or auto"
         )
     return requested
+
+
+# Compute capability by Ray's accelerator type names (resources.accelerator_type); bf16 needs
+# 8.0 (Ampere). Never torch.cuda.is_bf16_supported(): it counts a T4's emulated bf16 as support.
+ACCELERATOR_COMPUTE_CAPABILITY = {
+    "K80": (3, 7), "P100": (6, 0), "P4": (6, 1), "V100": (7, 0), "T4": (7, 5),
+    "A100": (8, 0), "A100-40G": (8, 0), "A100-80G": (8, 0), "A10G": (8, 6), "L4": (8, 9), "L40S": (8, 9),
+    "H100": (9, 0), "H200": (9, 0), "H20": (9, 0), "B200": (10, 0),
+}
+PRECISION_KEY = "training.precision"
+
+
+def check_precision(config: ExperimentConfig) -> None:
+    """Pre-flight `choose_precision`: fp16/bf16 (set, or a searched choice) on trials that
+    get no GPU, or bf16 on a resources.accelerator_type known to lack it, is refused before
+    Ray starts (otherwise every trial fails in its worker)."""
+    requested = [(PRECISION_KEY, config.training.precision)]
+    space = config.search_space
+    if PRECISION_KEY in space.sampled_keys:
+        requested += [(f"search.{PRECISION_KEY}", value) for value in space.candidate_values(PRECISION_KEY)]
+    resources = config.resources
+    capability = ACCELERATOR_COMPUTE_CAPABILITY.get((resources.accelerator_type or "").upper())
+    for key, precision in requested:
+        if precision in ("fp16", "bf16") and resources.gpus_per_trial <= 0:
+            raise ConfigError(f"{key}={precision} needs a CUDA GPU but trials get none (resources.gpus_per_trial=0): "
+                              f"set resources.gpus_per_trial=1, or {PRECISION_KEY}=auto (fp32 on CPU)")
+        if precision == "bf16" and capability is not None and capability < (8, 0):
+            raise ConfigError(f"{key}=bf16 needs an Ampere or newer GPU; resources.accelerator_type="
+                              f"{resources.accelerator_type} (compute capability {capability[0]}.{capability[1]}) "
+                              f"has none: use {PRECISION_KEY}=fp16 or auto")
 
 
 def compute_dtype(precision: str):

@@ -57,6 +57,7 @@ from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
 from lexiray.model import build_peft_model, check_bitsandbytes, choose_precision, detect_hardware, load_tokenizer
+from lexiray.model import check_precision
 from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
@@ -433,6 +434,7 @@ def run_training(config: ExperimentConfig, output: Path, resume: bool = False, c
         raise LexirayError(f"--resume: {layout.output} holds no training run to continue")
     storage.check_storage(str(layout.output), field="--output")
     check_bitsandbytes(config.model, config.training, config.resources.gpus_per_trial)
+    check_precision(config)
     prepared = None
     if not (resume and (layout.data_dir / "train").is_dir()):
         prepared = prepare_data(config.data, load_tokenizer(config.model))  # fails before any folder is made

@@ -25,7 +25,7 @@ from lexiray.cluster import check_resources, check_shared_storage, default_concu
 from lexiray.config import ExperimentConfig
 from lexiray.data import prepare_data
 from lexiray.errors import ConfigError, LexirayError
-from lexiray.model import check_bitsandbytes, load_tokenizer
+from lexiray.model import check_bitsandbytes, check_precision, load_tokenizer
 from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout, TuningRun
@@ -165,6 +165,7 @@ def check_before_ray(config: ExperimentConfig, layout: ExperimentLayout, console
     """Every check that needs no cluster: model, bitsandbytes, data, schedule.
     Returns (prepared data, max_t, grace)."""
     check_bitsandbytes(config.model, config.training, config.resources.gpus_per_trial)
+    check_precision(config)
     prepared = _prepare_data(config, console)
     max_t, grace = check_schedule(config, total_steps(config, len(prepared.train)))
     return prepared, max_t, grace

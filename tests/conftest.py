@@ -9,6 +9,7 @@ when it descends from this pytest process; nothing else on the machine is ever t
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ RAY_PROCESS_MARKERS = ("raylet", "gcs_server", "ray::", "dashboard.py", "default
                        "runtime_env/agent", "log_monitor.py", "monitor.py --logs-dir", "ray/_private/")
 PR_SET_CHILD_SUBREAPER = 36
 SHUTDOWN_GRACE_S = 20  # a driver's own Ray shutdown takes a few seconds
+REQUIRE_GPU = "LEXIRAY_REQUIRE_GPU"  # =1: a `gpu` test where torch sees no CUDA GPU fails instead of skipping
 
 
 def free_port() -> int:
@@ -141,6 +143,40 @@ def check_no_ray_leftovers() -> None:
     kill_ray_processes()
     if leftovers:
         pytest.fail(f"{len(leftovers)} Ray processes outlived the test by {SHUTDOWN_GRACE_S} s: {leftovers}")
+
+
+@functools.cache
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def pytest_runtest_setup(item):
+    """`gpu` tests skip where torch sees no CUDA GPU, or fail there with LEXIRAY_REQUIRE_GPU=1
+    (a GPU machine's CI: a lost driver or a CPU build of torch must not pass as skips)."""
+    if item.get_closest_marker("gpu") is None or cuda_available():
+        return
+    if os.environ.get(REQUIRE_GPU) == "1":
+        pytest.fail(f"{REQUIRE_GPU}=1 but torch sees no CUDA GPU (torch.cuda.is_available() is False): "
+                    "this gpu test would have been skipped", pytrace=False)
+    pytest.skip(f"needs a CUDA GPU ({REQUIRE_GPU}=1 makes this a failure)")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request, tmp_path_factory, monkeypatch):
+    """`make test-fast` (-m "not slow") starts no Ray: a test not marked slow runs with its own
+    RAY_TMPDIR (inherited by the processes it starts) and fails if a Ray session appeared there."""
+    if request.node.get_closest_marker("slow") is not None:
+        yield
+        return
+    ray_tmp = tmp_path_factory.mktemp("ray-tmp")
+    monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
+    yield
+    sessions = [str(path.relative_to(ray_tmp)) for path in ray_tmp.rglob("session_*")]
+    if sessions:
+        pytest.fail(f"a test not marked slow started Ray ({', '.join(sessions)}): mark it @pytest.mark.slow",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session", autouse=True)

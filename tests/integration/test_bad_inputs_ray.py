@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # each case starts Ray: the cluster is what refuses it
+
 
 @pytest.mark.parametrize("setting, expected", [
     ("resources.gpus_per_trial=1", "resources.gpus_per_trial=1 but this Ray cluster has 0 GPUs; set "

@@ -1,17 +1,17 @@
-"""GPU paths: run only where CUDA is present (their CPU counterparts check the clear errors:
-tests/unit/test_precision.py, and test_train's fp32 check)."""
+"""GPU paths: run only where CUDA is present, or fail with LEXIRAY_REQUIRE_GPU=1 (their CPU
+counterparts check the clear errors: tests/unit/test_precision.py, the pre-flight refusals of
+tests/unit/test_bad_inputs.py, and test_train's fp32 check)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from tests.conftest import run_cli
 
-torch = pytest.importorskip("torch")
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [pytest.mark.gpu, pytest.mark.slow]  # skipped without CUDA (tests/conftest.py)
 
 
 def _expected_half_precision() -> str:

@@ -205,3 +205,50 @@ def test_bitsandbytes_without_a_cpu_backend(tmp_path, setting):
     env = cli_env() | {"PYTHONPATH": f"{shadow.parent}:{cli_env().get('PYTHONPATH', '')}".rstrip(":")}
     _refused_in_subprocess([*TUNE, "--set", setting], work, env,
                            f"{setting} on CPU trials (resources.gpus_per_trial=0): this bitsandbytes has no CPU backend")
+
+
+# ------------------------------------------------------------- half precision no GPU of the trials can serve
+
+HALF_PRECISION_CASES = [
+    # (case id, settings, what the one line must say)
+    ("fp16-cpu-trials", ["training.precision=fp16"],
+     "training.precision=fp16 needs a CUDA GPU but trials get none (resources.gpus_per_trial=0)"),
+    ("bf16-cpu-trials", ["training.precision=bf16"],
+     "training.precision=bf16 needs a CUDA GPU but trials get none (resources.gpus_per_trial=0)"),
+    ("bf16-on-t4", ["resources.gpus_per_trial=1", "resources.accelerator_type=T4", "training.precision=bf16"],
+     "training.precision=bf16 needs an Ampere or newer GPU; resources.accelerator_type=T4 (compute capability 7.5)"),
+    ("bf16-on-v100", ["resources.gpus_per_trial=0.5", "resources.accelerator_type=V100", "training.precision=bf16"],
+     "resources.accelerator_type=V100 (compute capability 7.0) has none: use training.precision=fp16 or auto"),
+    ("searched-bf16-on-t4", ["resources.gpus_per_trial=1", "resources.accelerator_type=T4",
+                             "search.training.precision={choice: [fp16, bf16]}"],
+     "search.training.precision=bf16 needs an Ampere or newer GPU"),
+]
+
+
+@pytest.mark.parametrize("command", [["train", "-c", "smoke", "-o", "out"], [*TUNE, "-c", "smoke"], ["plan"]],
+                         ids=["train", "tune", "plan"])
+@pytest.mark.parametrize("settings, expected", [case[1:] for case in HALF_PRECISION_CASES],
+                         ids=[case[0] for case in HALF_PRECISION_CASES])
+def test_half_precision_without_a_gpu_for_it(workdir, monkeypatch, capsys, command, settings, expected):
+    import ray
+
+    before = _files(workdir)
+    code, stderr = _main([*command, *(arg for setting in settings for arg in ("--set", setting))], monkeypatch, capsys)
+    _assert_refused(code, stderr, expected)
+    assert _files(workdir) == before  # no output folder, no experiment folder
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("settings", [
+    ["training.precision=fp16", "resources.gpus_per_trial=1"],
+    ["training.precision=fp16", "resources.gpus_per_trial=1", "resources.accelerator_type=T4"],
+    ["training.precision=bf16", "resources.gpus_per_trial=1", "resources.accelerator_type=A100"],
+    ["training.precision=bf16", "resources.gpus_per_trial=1"],  # no type named: the worker's choose_precision decides
+    ["training.precision=auto", "resources.gpus_per_trial=1", "resources.accelerator_type=T4"],
+    ["training.precision=fp32"],
+])
+def test_half_precision_a_gpu_can_serve_passes_the_check(settings):
+    from lexiray.config import load_config
+    from lexiray.model import check_precision
+
+    check_precision(load_config("smoke", settings))

@@ -229,7 +229,7 @@ def test_clean_checkout_uploads_far_below_rays_limit(checkout, tmp_path):
     size = (tmp_path / "job.zip").stat().st_size
     assert size < GCS_STORAGE_MAX_SIZE / 20, f"{size / 2**20:.1f} MiB"
     assert not [name for name in names if name.startswith((".git/", ".venv/"))]
-    assert {"pyproject.toml", "lexiray/cli.py", "lexiray/search_spaces/balanced.yaml"} <= set(names)
+    assert {"pyproject.toml", "lexiray/cli.py", "search_spaces/balanced.yaml"} <= set(names)
 
 
 def test_runtime_env_excludes_alone_keep_venv_results_and_caches_out(checkout, tmp_path, monkeypatch):

@@ -244,7 +244,6 @@ def test_packing_defaults_to_padding_free():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("attn_implementation", ["sdpa", PACKED_SDPA, "flash_attention_2"])
 def test_a_packed_row_computes_each_sample_as_if_alone_on_gpu(features, attn_implementation):
     flash = attn_implementation == "flash_attention_2"

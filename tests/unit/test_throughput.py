@@ -79,3 +79,56 @@ def test_peak_memory_counts_from_the_reset_as_a_reused_trial_actor_needs():
     before = peak_memory_mb()
     reset_peak_memory()
     assert peak_memory_mb() < before - 200
+
+
+def test_peak_memory_resets_after_a_thread_that_allocated_has_exited():
+    """A trial actor's earlier trial allocated in threads that are gone (data loading, Ray's
+    own): on Linux every thread's exit folds the peak so far into the process's ru_maxrss for
+    good, so the next trial's peak must come from what the reset does reset."""
+    import threading
+
+    import torch
+
+    from lexiray.hf_trainer import peak_memory_mb, reset_peak_memory
+
+    def allocate(megabytes: int):
+        if torch.cuda.is_available():
+            return torch.ones(megabytes * 2**20, dtype=torch.uint8, device="cuda")
+        buffer = bytearray(megabytes * 2**20)
+        buffer[:: 4096] = b"x" * len(buffer[:: 4096])  # touch every page: resident
+        return buffer
+
+    thread = threading.Thread(target=lambda: allocate(300))  # allocates, frees, exits
+    thread.start()
+    thread.join()
+    before = peak_memory_mb()
+    reset_peak_memory()
+    after = peak_memory_mb()
+    assert after < before - 200, (before, after)
+    held = allocate(100)  # and what the next trial allocates still counts
+    assert peak_memory_mb() > after + 80
+    del held
+
+
+def test_a_process_started_by_a_bigger_one_resets_to_its_own_peak():
+    """A trial actor's process is started by a bigger one (Ray's worker pool, a driver): the
+    process's ru_maxrss keeps the parent's peak at exec for good, and the reset must not."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, cli_env
+
+    ballast = bytearray(600 * 2**20)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # resident in this process when the child starts
+    child = ("import json; from pathlib import Path; from lexiray.hf_trainer import peak_memory_mb, reset_peak_memory; "
+             "reset_peak_memory(); "
+             "rss = next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines() "
+             "if l.startswith('VmRSS:')) / 1024; "
+             "print(json.dumps([peak_memory_mb(), rss]))")
+    env = cli_env() | {"CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}  # the CPU measure, this checkout
+    result = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    peak, resident = json.loads(result.stdout.strip().splitlines()[-1])
+    assert peak < resident + 100, (peak, resident)  # its own, not the 600 MB more of the process that started it
+    del ballast
