@@ -16,6 +16,7 @@ import resource
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +32,7 @@ from lexiray.config import ExperimentConfig
 from lexiray.data import PadCollator, PaddingFreeCollator
 from lexiray.errors import ConfigError
 from lexiray.memory import mfu
+from lexiray.results import CURVE_KEYS, TrialReport
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
 MODEL_COLUMNS = ["input_ids", "labels"]
@@ -370,37 +372,42 @@ class ThroughputMeter(TrainerCallback):
         this one) draws it as curves. `state.log_history` took its copy before callbacks run."""
         if logs is not None and "loss" in logs and state.global_step > self.start_step:
             current = self.metrics(args, state)
-            for key in ("samples_per_second", "tokens_per_second", "peak_memory_mb"):
+            for key in CURVE_KEYS:  # lexiray.results.METRICS: the ones shown as curves
                 logs[key] = current[key]
 
     def metrics(self, args, state) -> dict:
+        """`report`'s measurements as result keys."""
+        return self.report(args, state).to_result()
+
+    def report(self, args, state) -> TrialReport:
+        """The throughput so far, as the part of a trial's report it fills in."""
         steps = state.global_step - self.start_step
         samples = steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         seconds = max(self.train_seconds, 1e-9)
         tokens = state.num_input_tokens_seen - self.start_tokens
-        metrics = {
-            "samples_per_second": samples / seconds,
-            "tokens_per_second": tokens / seconds,
-            "steps_per_second": steps / seconds,
-            "peak_memory_mb": peak_memory_mb(),
-            "total_steps": state.max_steps,
-            "world_size": args.world_size,
-            "resumed_from_step": self.start_step,  # > 0 after a restore: steps kept
-        }
-        if steps > 1 and self.first_step_at is not None:
-            # steps over the whole training phase, evaluations and checkpoints included
-            metrics["phase_steps_per_second"] = steps / (self.last_step_end - self.first_step_clock)
-        if self.first_step_at is not None:
-            metrics["first_step_at"] = self.first_step_at  # wall clock: benchmarks line trials up
-        if steps > 0:  # the whole run at the rate so far (evaluations and saves included when measured)
-            rate = metrics.get("phase_steps_per_second", metrics["steps_per_second"])
-            metrics["projected_wall_s"] = state.max_steps / rate
-        if self.flops_per_token and self.peak_flops:  # every device of the run counts toward the peak
-            metrics["mfu"] = mfu(metrics["tokens_per_second"], self.flops_per_token, self.peak_flops * args.world_size)
-        if self.started_at is not None and self.first_step_at is not None:
-            metrics["startup_s"] = self.first_step_at - self.started_at
-        metrics["reported_at"] = self.wall_clock()
-        return metrics
+        # steps over the whole training phase, evaluations and checkpoints included
+        phase = (steps / (self.last_step_end - self.first_step_clock)
+                 if steps > 1 and self.first_step_at is not None else None)
+        rate = phase if phase is not None else steps / seconds
+        started = self.started_at is not None and self.first_step_at is not None
+        return TrialReport(
+            samples_per_second=samples / seconds,
+            tokens_per_second=tokens / seconds,
+            steps_per_second=steps / seconds,
+            peak_memory_mb=peak_memory_mb(),
+            total_steps=state.max_steps,
+            world_size=args.world_size,
+            resumed_from_step=self.start_step,  # > 0 after a restore: steps kept
+            phase_steps_per_second=phase,
+            first_step_at=self.first_step_at,  # wall clock: benchmarks line trials up
+            # the whole run at the rate so far (evaluations and saves included when measured)
+            projected_wall_s=state.max_steps / rate if steps > 0 else None,
+            # every device of the run counts toward the peak
+            mfu=mfu(tokens / seconds, self.flops_per_token, self.peak_flops * args.world_size)
+            if self.flops_per_token and self.peak_flops else None,
+            startup_s=self.first_step_at - self.started_at if started else None,
+            reported_at=self.wall_clock(),
+        )
 
 
 class EvaluateAndSaveAtLastStep(TrainerCallback):
@@ -437,26 +444,27 @@ class ReportOnSave(TrainerCallback):
     schedulers see the metrics). Evaluation runs on every save step (config check), so the
     reported eval_loss is the checkpoint's own."""
 
-    def __init__(self, throughput: ThroughputMeter, report: Callable[..., None], constants: dict | None = None):
+    def __init__(self, throughput: ThroughputMeter, report: Callable[..., None],
+                 constants: TrialReport | None = None):
         self.throughput = throughput
         self.report = report
-        self.constants = dict(constants or {})  # e.g. the precision the worker chose
+        self.constants = constants or TrialReport()  # e.g. the precision the worker chose
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if state.global_step == 0 and metrics and "eval_loss" in metrics:
             # the untrained model's loss (eval_on_start): every later report carries it
-            self.constants["eval_loss_at_start"] = metrics["eval_loss"]
+            self.constants = replace(self.constants, eval_loss_at_start=metrics["eval_loss"])
 
     def on_save(self, args, state, control, **kwargs):
-        metrics = {}
+        logged = {}
         for entry in state.log_history:  # the newest value of each key wins
-            metrics.update(entry)
+            logged.update(entry)
+        report = TrialReport.from_result(logged)  # HF's own keys (loss, learning_rate, ...) stay as `extra`
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
         if losses:
-            metrics["train_loss"] = losses[-1]
-        metrics.update(self.throughput.metrics(args, state))
-        metrics.update(self.constants)
-        metrics["step"] = state.global_step
+            report = replace(report, train_loss=losses[-1])
+        report = report.merged(self.throughput.report(args, state)).merged(self.constants)
+        metrics = replace(report, step=state.global_step).to_result()
         local = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not local.is_dir():  # a rank that saved nothing still reports: Train waits for all
             self.report(metrics)

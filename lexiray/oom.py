@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig
 from lexiray.data import recommend_max_seq_length
 from lexiray.errors import LexirayError
+from lexiray.results import TrialReport
 
 log = logging.getLogger(__name__)
 
@@ -186,19 +187,23 @@ class OomLadder:
         ]
         return ", ".join(text for differs, text in changed if differs)
 
-    def metrics(self) -> dict:
+    def report(self) -> TrialReport:
         """What each report carries: the retries and the settings the trial finally ran with."""
         training = self.config.training
-        return {
-            "oom_retries": self.retries,
-            "ran_with": self.ran_with(),
-            "ran_batch_size": training.per_device_train_batch_size,
-            "ran_grad_accum": training.gradient_accumulation_steps,
-            "ran_gradient_checkpointing": training.gradient_checkpointing,
-            "ran_max_seq_length": self.config.data.max_seq_length,
-            "ran_lora_r": self.config.lora.r,
-            "ran_optim": training.optim,
-        }
+        return TrialReport(
+            oom_retries=self.retries,
+            ran_with=self.ran_with(),
+            ran_batch_size=training.per_device_train_batch_size,
+            ran_grad_accum=training.gradient_accumulation_steps,
+            ran_gradient_checkpointing=training.gradient_checkpointing,
+            ran_max_seq_length=self.config.data.max_seq_length,
+            ran_lora_r=self.config.lora.r,
+            ran_optim=training.optim,
+        )
+
+    def metrics(self) -> dict:
+        """`report` as result keys."""
+        return self.report().to_result()
 
 
 def shorten_rows(dataset, max_length: int):

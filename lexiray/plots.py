@@ -1,4 +1,4 @@
-"""The report's figures, drawn from leaderboard rows (`lexiray.report`) as PNG bytes.
+"""The report's figures, drawn from leaderboard rows (`lexiray.results.LeaderboardRow`) as PNG bytes.
 
 Every figure names its trials on the plot itself (next to the line or the point), so a
 reader never matches colours against a legend. Stopped trials are drawn dashed and end
@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+
+from lexiray.results import LeaderboardRow
 
 STOPPED_STYLE = {"linestyle": "--", "alpha": 0.55}
 LABELLED_TRIALS = 8  # curves named at their end; the rest are drawn but not named
@@ -51,15 +53,15 @@ def _short(trial_id: str) -> str:
     return trial_id[-5:] if len(trial_id) > 8 else trial_id
 
 
-def _colours(rows: list[dict]) -> dict[str, tuple]:
+def _colours(rows: list[LeaderboardRow]) -> dict[str, tuple]:
     """One colour per trial, by rank: the best trials dark, the worst pale."""
     plt = _pyplot()
     cmap = plt.get_cmap("viridis")
     count = max(len(rows) - 1, 1)
-    return {row["trial_id"]: cmap(0.75 * index / count) for index, row in enumerate(rows)}  # no pale yellow
+    return {row.trial_id: cmap(0.75 * index / count) for index, row in enumerate(rows)}  # no pale yellow
 
 
-def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> bytes:
+def curves(rows: list[LeaderboardRow], metric: str, max_t: int | None, title: str) -> bytes:
     """`metric` against the training step, every trial on one axis. Trials that ran to
     the end are solid; trials stopped early are dashed and end in an x where ASHA cut them."""
     plt = _pyplot()
@@ -67,19 +69,19 @@ def curves(rows: list[dict], metric: str, max_t: int | None, title: str) -> byte
     colours = _colours(rows)
     labels = []  # (x, y, text, colour) of each named curve's end
     for row in rows:
-        points = [(h["step"], h[metric]) for h in row["history"] if h.get("step") is not None
+        points = [(h["step"], h[metric]) for h in row.history if h.get("step") is not None
                   and _number(h.get(metric))]
         if not points:
             continue
         steps, values = zip(*points)
-        stopped = row["status"] in ("STOPPED", "ERROR")
-        axis.plot(steps, values, color=colours[row["trial_id"]], marker="o", markersize=3, linewidth=1.6,
+        stopped = row.status in ("STOPPED", "ERROR")
+        axis.plot(steps, values, color=colours[row.trial_id], marker="o", markersize=3, linewidth=1.6,
                   **(STOPPED_STYLE if stopped else {}))
         if stopped:
-            axis.plot(steps[-1], values[-1], marker="x", markersize=9, mew=2, color=colours[row["trial_id"]])
-        if row["rank"] <= LABELLED_TRIALS:
-            note = f"#{row['rank']} {_short(row['trial_id'])}" + (f" ({row['status'].lower()})" if stopped else "")
-            labels.append((steps[-1], values[-1], note, colours[row["trial_id"]]))
+            axis.plot(steps[-1], values[-1], marker="x", markersize=9, mew=2, color=colours[row.trial_id])
+        if row.rank <= LABELLED_TRIALS:
+            note = f"#{row.rank} {_short(row.trial_id)}" + (f" ({row.status.lower()})" if stopped else "")
+            labels.append((steps[-1], values[-1], note, colours[row.trial_id]))
     _label_ends(axis, labels)
     if max_t:
         axis.axvline(max_t, color="grey", linestyle=":", linewidth=1)
@@ -106,29 +108,29 @@ def _label_ends(axis, labels: list[tuple]) -> None:
                       textcoords="offset points", va="center")
 
 
-def metric_by_setting(rows: list[dict], settings: list[Setting], metric: str) -> bytes:
+def metric_by_setting(rows: list[LeaderboardRow], settings: list[Setting], metric: str) -> bytes:
     """One panel per searched setting: each trial's best `metric` against its value (log
     axis for log-uniform settings), the best trial ringed and named."""
     plt = _pyplot()
     columns = min(len(settings), 3)
     lines = math.ceil(len(settings) / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.8 * lines), squeeze=False)
-    scored = [row for row in rows if _number(row.get(metric))]
+    scored = [row for row in rows if _number(row.score)]
     best = scored[0] if scored else None
     for axis, setting in zip(axes.flat, settings):
-        points = [(row["sample"].get(setting.key), row[metric], row) for row in scored
-                  if row["sample"].get(setting.key) is not None]
+        points = [(row.sample.get(setting.key), row.score, row) for row in scored
+                  if row.sample.get(setting.key) is not None]
         categorical = any(not _number(value) for value, _, _ in points)
         if categorical:  # e.g. target_modules: one column per value
             names = sorted({str(value) for value, _, _ in points})
             points = [(names.index(str(value)), score, row) for value, score, row in points]
             axis.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
         for value, score, row in points:
-            stopped = row["status"] != "DONE"
+            stopped = row.status != "DONE"
             axis.scatter(value, score, s=36, color="tab:blue", facecolors="none" if stopped else "tab:blue")
             if row is best:
                 axis.scatter(value, score, s=160, facecolors="none", edgecolors="tab:red", linewidths=1.5)
-                axis.annotate(f"best {_short(row['trial_id'])}", (value, score), fontsize=8, color="tab:red",
+                axis.annotate(f"best {_short(row.trial_id)}", (value, score), fontsize=8, color="tab:red",
                               xytext=(6, 6), textcoords="offset points")
         if setting.log and not categorical:
             axis.set_xscale("log")
@@ -154,7 +156,7 @@ def pareto_front(points: list[tuple[float, float, str]], higher_x_is_better: boo
     return front
 
 
-def quality_speed(rows: list[dict], metric: str) -> bytes:
+def quality_speed(rows: list[LeaderboardRow], metric: str) -> bytes:
     """Best `metric` against samples/s (higher is better) and against peak memory (lower is
     better); the Pareto front of each drawn as a step line through its named trials."""
     plt = _pyplot()
@@ -162,8 +164,8 @@ def quality_speed(rows: list[dict], metric: str) -> bytes:
     panels = (("samples_per_second", "training samples / s (higher is better)", True),
               ("peak_memory_mb", "peak memory, MB (lower is better)", False))
     for axis, (key, label, higher) in zip(axes, panels):
-        points = [(row[key], row[metric], row["trial_id"]) for row in rows
-                  if _number(row.get(key)) and _number(row.get(metric))]
+        points = [(row.value(key), row.score, row.trial_id) for row in rows
+                  if _number(row.value(key)) and _number(row.score)]
         if points:
             axis.scatter([p[0] for p in points], [p[1] for p in points], s=30, color="tab:grey", alpha=0.7)
             front = pareto_front(points, higher)
@@ -180,20 +182,20 @@ def quality_speed(rows: list[dict], metric: str) -> bytes:
     return _png(figure)
 
 
-def task_losses(rows: list[dict], tasks: list[str], top: int = 5) -> bytes:
+def task_losses(rows: list[LeaderboardRow], tasks: list[str], top: int = 5) -> bytes:
     """Per-task eval_loss (at each trial's best checkpoint) of the `top` trials, one
     group of bars per task, each bar labelled with its trial."""
     plt = _pyplot()
-    chosen = [row for row in rows if row.get("task_losses")][:top]
+    chosen = [row for row in rows if row.task_losses][:top]
     figure, axis = plt.subplots(figsize=(min(12, max(7, 0.45 * len(tasks) * max(len(chosen), 1))), 4.8))
     width = 0.8 / max(len(chosen), 1)
     colours = _colours(chosen)
     for index, row in enumerate(chosen):
         xs = [position + (index - (len(chosen) - 1) / 2) * width for position in range(len(tasks))]
-        values = [row["task_losses"].get(task, math.nan) for task in tasks]
-        bars = axis.bar(xs, values, width=width * 0.95, color=colours[row["trial_id"]],
-                        label=f"#{row['rank']} {_short(row['trial_id'])}")
-        axis.bar_label(bars, labels=[f"#{row['rank']}"] * len(tasks), fontsize=7, padding=1)
+        values = [row.task_losses.get(task, math.nan) for task in tasks]
+        bars = axis.bar(xs, values, width=width * 0.95, color=colours[row.trial_id],
+                        label=f"#{row.rank} {_short(row.trial_id)}")
+        axis.bar_label(bars, labels=[f"#{row.rank}"] * len(tasks), fontsize=7, padding=1)
     axis.set_xticks(range(len(tasks)), tasks)
     axis.set_xlabel("task")
     axis.set_ylabel("eval_loss at the trial's best checkpoint")

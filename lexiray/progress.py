@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+from lexiray.results import TrialReport
 from lexiray.space import describe_sample
 
 
@@ -28,28 +29,29 @@ class PrintTrialProgress(Callback):
         _console().print(f"[cyan]{trial.trial_id}[/] started   {describe_sample(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        loss = result.get("eval_loss")
-        if loss is None or result.get("skipped_memory"):  # a skipped trial's loss is NaN
+        report = TrialReport.from_result(result)
+        loss = report.eval_loss
+        if loss is None or report.skipped_memory:  # a skipped trial's loss is NaN
             return
-        total = result.get("total_steps", self.max_t)
+        total = self.max_t if report.total_steps is None else report.total_steps
         marker = ""
         if self.best is None or loss < self.best:
             self.best, marker = loss, "  [green]best so far[/]"
         running = sum(1 for t in trials if t.status == "RUNNING")
         done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
-        _console().print(f"[cyan]{trial.trial_id}[/] step {result.get('step', '?')}/{total}  "
+        _console().print(f"[cyan]{trial.trial_id}[/] step {'?' if report.step is None else report.step}/{total}  "
                          f"eval_loss {loss:.4f}{marker}   [dim]({running} running, {done} done)[/]")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        if last.get("skipped_memory"):
+        last = TrialReport.from_result(trial.last_result or {})
+        if last.skipped_memory:
             _console().print(f"[cyan]{trial.trial_id}[/] [yellow]skipped[/]: estimated peak memory "
-                             f"{last['estimated_memory_gb']} GB, over the {last['memory_budget_gb']} GB budget")
+                             f"{last.estimated_memory_gb} GB, over the {last.memory_budget_gb} GB budget")
             return
-        step, total = last.get("step"), last.get("total_steps", self.max_t)
+        step, total = last.step, self.max_t if last.total_steps is None else last.total_steps
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
-        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  "
-                         f"eval_loss {last.get('eval_loss', float('nan')):.4f}")
+        loss = float("nan") if last.eval_loss is None else last.eval_loss
+        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  eval_loss {loss:.4f}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         failures = getattr(trial, "num_failures", "?")

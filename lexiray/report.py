@@ -14,22 +14,19 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lexiray import plots, storage
-from lexiray.config import ACCUMULATION_KEY, BATCH_KEY, ExperimentConfig
+from lexiray.config import ExperimentConfig
 from lexiray.errors import LexirayError
+from lexiray.results import (CSV, HPARAM_COLUMNS, HPARAMS, REPORT, TERMINAL, LeaderboardRow, TrialReport, as_rows,
+                             cell, table)
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TuningRun
 
-LEADERBOARD_COLUMNS = [
-    "rank", "trial_id", "status", "eval_loss", "steps", "total_steps", "stopped_early",
-    "final_eval_loss", "learning_rate", "lora_r", "lora_alpha", "batch_size", "grad_accum", "oom_retries",
-    "ran_with", "samples_per_second", "tokens_per_second", "peak_memory_mb", "estimated_memory_gb", "wall_time_s",
-    "best_checkpoint",
-]
-TASK_LOSS_PREFIX = "eval_loss/"  # eval_loss/<task>, from hf_trainer's per-task evaluation
+# leaderboard.csv's fixed columns (the tuned metric and eval_loss/<task> join them): lexiray.results.METRICS
+LEADERBOARD_COLUMNS = [column for column, _ in table(CSV, "eval_loss", [])]
 
 
 @dataclass
@@ -67,17 +64,22 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
 
 
-def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | None) -> dict:
+def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | None) -> LeaderboardRow:
     """A trial's row: its best report by `metric`, how far it got, and its settings."""
-    scored = [r for r in record.reports if _is_number(r.get(metric))]
-    best = (min if mode == "min" else max)(scored, key=lambda r: r[metric]) if scored else {}
-    last = record.reports[-1] if record.reports else {}
-    total = last.get("total_steps", max_t)
+    reports = [TrialReport.from_result(report) for report in record.reports]
+    scored = [r for r in reports if _is_number(r.get(metric))]
+    best = (min if mode == "min" else max)(scored, key=lambda r: r.get(metric)) if scored else TrialReport()
+    last = reports[-1] if reports else TrialReport()
+    # The untrained model's loss rides on every report of the attempt that evaluated it; a
+    # trial restarted from a checkpoint reports without it after the restart.
+    at_start = next((r.eval_loss_at_start for r in reports if _is_number(r.eval_loss_at_start)), None)
+    last = replace(last, eval_loss_at_start=at_start)
+    total = max_t if last.total_steps is None else last.total_steps
     total = int(total) if _is_number(total) else None
-    steps = int(max((r.get("step") or 0) for r in record.reports)) if record.reports else 0
+    steps = int(max((r.step or 0) for r in reports)) if reports else 0
     if record.tune_status == "ERROR":
         status = "ERROR"
-    elif last.get("skipped_memory"):
+    elif last.skipped_memory:
         status = "SKIPPED"  # estimated over its GPU's memory: never trained
     elif total and steps >= total:
         status = "DONE"
@@ -86,77 +88,57 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
     else:
         status = record.tune_status
     config = record.config
-    evaluated = [r for r in record.reports if _is_number(r.get("eval_loss"))]
+    evaluated = [r for r in reports if _is_number(r.eval_loss)]
     # The best checkpoint's loss on each task (the same evaluation as its eval_loss).
-    task_losses = {key[len(TASK_LOSS_PREFIX):]: value for key, value in best.items()
-                   if key.startswith(TASK_LOSS_PREFIX) and _is_number(value)}
-    return {
-        "trial_id": record.trial_id,
-        "status": status,
-        metric: best.get(metric),
-        "eval_loss": best.get("eval_loss"),
-        **{TASK_LOSS_PREFIX + task: value for task, value in task_losses.items()},
-        "final_eval_loss": evaluated[-1]["eval_loss"] if evaluated else None,
-        "steps": steps,
-        "total_steps": total,
-        "stopped_early": status == "STOPPED",
-        "learning_rate": config.training.learning_rate if config else record.sample.get("training.learning_rate"),
-        "lora_r": config.lora.r if config else None,
-        "lora_alpha": config.lora.alpha if config else None,
-        "lora_dropout": config.lora.dropout if config else None,
-        "batch_size": config.training.per_device_train_batch_size if config else None,
-        "grad_accum": config.training.gradient_accumulation_steps if config else None,
-        # out-of-memory back-off (lexiray.oom): rungs taken, and the settings they changed
-        "oom_retries": last.get("oom_retries"),
-        "ran_with": last.get("ran_with") or None,
-        "samples_per_second": last.get("samples_per_second"),
-        "tokens_per_second": last.get("tokens_per_second"),
-        "peak_memory_mb": last.get("peak_memory_mb"),
-        "estimated_memory_gb": last.get("estimated_memory_gb"),
-        "eval_loss_at_start": last.get("eval_loss_at_start"),
-        "wall_time_s": last.get("time_total_s"),
-        "precision": last.get("precision"),  # the worker's dtype: `export --merge` loads the base in it
-        "best_checkpoint": best.get("checkpoint_path"),
-        "sample": record.sample,
-        "task_losses": task_losses,
-        "history": [{"step": r.get("step"), metric: r.get(metric)} for r in scored],
-    }
+    best = replace(best, task_losses={task: loss for task, loss in best.task_losses.items() if _is_number(loss)})
+    return LeaderboardRow(
+        trial_id=record.trial_id,
+        status=status,
+        metric=metric,
+        score=best.get(metric),
+        steps=steps,
+        total_steps=total,
+        final_eval_loss=evaluated[-1].eval_loss if evaluated else None,
+        learning_rate=config.training.learning_rate if config else record.sample.get("training.learning_rate"),
+        lora_r=config.lora.r if config else None,
+        lora_alpha=config.lora.alpha if config else None,
+        lora_dropout=config.lora.dropout if config else None,
+        batch_size=config.training.per_device_train_batch_size if config else None,
+        grad_accum=config.training.gradient_accumulation_steps if config else None,
+        best=best,
+        last=last,  # out-of-memory back-off, throughput, memory, precision: lexiray.results.METRICS
+        sample=record.sample,
+        history=[{"step": r.step, metric: r.get(metric)} for r in scored],
+    )
 
 
 def leaderboard_rows(records: list[TrialRecord], metric: str = "eval_loss", mode: str = "min",
-                     max_t: int | None = None) -> list[dict]:
+                     max_t: int | None = None) -> list[LeaderboardRow]:
     """Rows ranked by the trial's best `metric` (lowest first for mode=min, highest first
     for mode=max); trials without a score come last."""
     rows = [leaderboard_row(record, metric, mode, max_t) for record in records]
     sign = 1 if mode == "min" else -1
-    rows.sort(key=lambda row: (row[metric] is None, sign * row[metric] if row[metric] is not None else 0))
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-    return rows
+    rows.sort(key=lambda row: (row.score is None, sign * row.score if row.score is not None else 0))
+    return [replace(row, rank=rank) for rank, row in enumerate(rows, start=1)]
 
 
-def task_names(rows: list[dict]) -> list[str]:
+def task_names(rows: list[LeaderboardRow]) -> list[str]:
     """The tasks any trial has a per-task eval_loss for, sorted."""
-    return sorted({task for row in rows for task in row.get("task_losses", {})})
+    return sorted({task for row in rows for task in row.task_losses})
 
 
-def leaderboard_columns(rows: list[dict], metric: str) -> list[str]:
+def leaderboard_columns(rows: list[LeaderboardRow], metric: str) -> list[str]:
     """leaderboard.csv's columns: the tuned metric after the status, then eval_loss and
     the per-task losses beside it."""
-    columns = list(LEADERBOARD_COLUMNS)
-    if metric not in columns:
-        columns.insert(columns.index("status") + 1, metric)
-    at = columns.index("eval_loss") + 1
-    columns[at:at] = [TASK_LOSS_PREFIX + task for task in task_names(rows)]
-    return columns
+    return [column for column, _ in table(CSV, metric, task_names(rows))]
 
 
-def leaderboard_csv(rows: list[dict], metric: str) -> str:
-    columns = leaderboard_columns(rows, metric)
+def leaderboard_csv(rows: list[LeaderboardRow], metric: str) -> str:
+    columns = table(CSV, metric, task_names(rows))
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow([column for column, _ in columns])
+    writer.writerows([[value(row) for _, value in columns] for row in rows])
     return text.getvalue()
 
 
@@ -177,32 +159,16 @@ def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
     return settings
 
 
-def _cell(value, fmt: str = "") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return format(value, fmt) if fmt and _is_number(value) else str(value)
-
-
-def leaderboard_markdown(rows: list[dict], metric: str) -> str:
+def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
     """The leaderboard as a Markdown table: leaderboard.csv's rows, numbers rounded."""
-    tasks = task_names(rows)
-    header = ["#", "trial", "status", metric, *([] if metric == "eval_loss" else ["eval_loss"]),
-              *(f"{TASK_LOSS_PREFIX}{task}" for task in tasks), "final eval_loss", "steps", "lr", "r", "alpha",
-              "batch×accum", "samples/s", "tokens/s", "peak MB"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    columns = table(REPORT, metric, task_names(rows))
+    lines = ["| " + " | ".join(label for label, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
-        cells = [str(row["rank"]), row["trial_id"], row["status"].lower(), _cell(row.get(metric), ".4f"),
-                 *([] if metric == "eval_loss" else [_cell(row["eval_loss"], ".4f")]),
-                 *(_cell(row.get(TASK_LOSS_PREFIX + task), ".4f") for task in tasks),
-                 _cell(row["final_eval_loss"], ".4f"), f"{row['steps']}/{row['total_steps'] or '?'}",
-                 _cell(row["learning_rate"], ".2e"), _cell(row["lora_r"]), _cell(row["lora_alpha"]),
-                 f"{_cell(row['batch_size'])}×{_cell(row['grad_accum'])}", _cell(row["samples_per_second"], ".1f"),
-                 _cell(row["tokens_per_second"], ".0f"), _cell(row["peak_memory_mb"], ".0f")]
-        lines.append("| " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(render(row) for _, render in columns) + " |")
     return "\n".join(lines)
 
 
-def write_report_folder(layout: ExperimentLayout, rows: list[dict], summary: dict, config: ExperimentConfig,
+def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], summary: dict, config: ExperimentConfig,
                         max_t: int | None) -> dict[str, str]:
     """`report/`: the PNG plots and README.md embedding them under the leaderboard.
     Returns {plot file name: what it shows}."""
@@ -242,31 +208,27 @@ def write_report_folder(layout: ExperimentLayout, rows: list[dict], summary: dic
 
 # --------------------------------------------------------------------------- TensorBoard HParams
 
-# Leaderboard columns shown as hyperparameters, with the search keys they stand for.
-HPARAM_COLUMNS = {"learning_rate": "training.learning_rate", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
-                  "lora_dropout": "lora.dropout", "batch_size": BATCH_KEY, "grad_accum": ACCUMULATION_KEY}
-HPARAM_METRICS = {"best_eval_loss": "eval_loss", "final_eval_loss": "final_eval_loss", "steps": "steps",
-                  "stopped_early": "stopped_early", "samples_per_second": "samples_per_second",
-                  "peak_memory_mb": "peak_memory_mb"}
+# Leaderboard values shown as hyperparameters (HPARAM_COLUMNS, with the search keys they
+# stand for) and as metrics: lexiray.results.METRICS.
+HPARAM_METRICS = [name for name, _ in table(HPARAMS, "eval_loss", [])]
 
 
-def session_hparams(row: dict) -> dict:
+def session_hparams(row: LeaderboardRow) -> dict:
     """A trial's settings for its HParams session: the usual ones from its config, every
     other sampled setting under its search key, and batch × accumulation as one value."""
-    values = {name: row[name] for name in HPARAM_COLUMNS if row.get(name) is not None}
+    values = {name: row.value(name) for name in HPARAM_COLUMNS if row.value(name) is not None}
     covered = set(HPARAM_COLUMNS.values())
-    values.update({key: value for key, value in row["sample"].items()
+    values.update({key: value for key, value in row.sample.items()
                    if key not in covered and isinstance(value, (int, float, str, bool))})
-    if row.get("batch_size") is not None:
-        values["batch_x_accum"] = f"{row['batch_size']}x{row['grad_accum']}"
+    if row.batch_size is not None:
+        values["batch_x_accum"] = f"{row.batch_size}x{row.grad_accum}"
     return values
 
 
-def session_metrics(row: dict) -> dict[str, float]:
+def session_metrics(row: LeaderboardRow) -> dict[str, float]:
     """A trial's summary numbers, logged as `hparams/<name>` scalars in its run."""
-    metrics = {name: row.get(column) for name, column in HPARAM_METRICS.items()}
-    metrics["stopped_early"] = float(bool(row["stopped_early"]))
-    metrics.update({f"best_eval_loss/{task}": value for task, value in row.get("task_losses", {}).items()})
+    metrics = {name: value(row) for name, value in table(HPARAMS, row.metric, list(row.task_losses))}
+    metrics = {name: float(value) if isinstance(value, bool) else value for name, value in metrics.items()}
     return {f"hparams/{name}": float(value) for name, value in metrics.items() if _is_number(value)}
 
 
@@ -281,7 +243,7 @@ def _hparam_domain(values: list):
     return None  # mixed types: TensorBoard shows the values without a domain
 
 
-def write_hparams(layout: ExperimentLayout, rows: list[dict]) -> int:
+def write_hparams(layout: ExperimentLayout, rows: list[LeaderboardRow] | list[dict]) -> int:
     """One HParams session per trial, in the trial's own TensorBoard run (beside its HF
     curves, so the dashboard links the two). Written from the final records by every
     report into one fixed file per trial, so a trial that was stopped and resumed is still
@@ -291,7 +253,7 @@ def write_hparams(layout: ExperimentLayout, rows: list[dict]) -> int:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from tensorboard.summary.writer.record_writer import RecordWriter
 
-    sessions = [(row, session_hparams(row), session_metrics(row)) for row in rows]
+    sessions = [(row, session_hparams(row), session_metrics(row)) for row in as_rows(rows)]
     names = sorted({name for _, values, _ in sessions for name in values})
     hparams = {name: hp.HParam(name, _hparam_domain([v[name] for _, v, _ in sessions if name in v]))
                for name in names}
@@ -300,18 +262,18 @@ def write_hparams(layout: ExperimentLayout, rows: list[dict]) -> int:
     now = time.time()
     for row, values, metrics in sessions:
         session = hp.hparams_pb({hparams[name]: value for name, value in values.items()},
-                                trial_id=row["trial_id"], start_time_secs=now)
+                                trial_id=row.trial_id, start_time_secs=now)
         events = [event_pb2.Event(wall_time=now, file_version="brain.Event:2"),
                   event_pb2.Event(wall_time=now, summary=experiment),
                   event_pb2.Event(wall_time=now, summary=session)]
         for tag, value in metrics.items():
             summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
-            events.append(event_pb2.Event(wall_time=now, step=int(row["steps"]), summary=summary))
+            events.append(event_pb2.Event(wall_time=now, step=int(row.steps), summary=summary))
         data = io.BytesIO()
         writer = RecordWriter(data)
         for event in events:
             writer.write(event.SerializeToString())
-        location = layout.trial_hparams_file(row["trial_id"], describe_sample(row["sample"]))
+        location = layout.trial_hparams_file(row.trial_id, describe_sample(row.sample))
         storage.write_bytes(location, data.getvalue())
     return len(sessions)
 
@@ -323,23 +285,24 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
     config = storage.read_experiment_config(layout)
     metric, mode = config.tune.metric, config.tune.mode
     rows = leaderboard_rows(collect_trials(layout), metric, mode, max_t)
-    max_t = max_t or max((row["total_steps"] or 0 for row in rows), default=0) or None
+    max_t = max_t or max((row.total_steps or 0 for row in rows), default=0) or None
     storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
     summary = {
         "experiment": layout.root,
         "metric": metric,
         "mode": mode,
         "trials": len(rows),
-        "stopped_early": sum(r["stopped_early"] for r in rows),
-        "errored": sum(r["status"] == "ERROR" for r in rows),
-        "skipped_memory": sum(r["status"] == "SKIPPED" for r in rows),
-        "total_steps_trained": sum(r["steps"] for r in rows),
+        "stopped_early": sum(r.stopped_early for r in rows),
+        "errored": sum(r.status == "ERROR" for r in rows),
+        "skipped_memory": sum(r.status == "SKIPPED" for r in rows),
+        "total_steps_trained": sum(r.steps for r in rows),
         "wall_time_s": wall_time_s,
         "tasks": task_names(rows),
-        "best": {k: v for k, v in rows[0].items() if k != "history"} if rows else None,
-        "leaderboard": [{k: v for k, v in r.items() if k != "history"} for r in rows],
+        "best": rows[0].as_dict() if rows else None,
+        "leaderboard": [r.as_dict() for r in rows],
         "tensorboard": layout.tensorboard_dir,
-        "eval_loss_at_start": next((row["eval_loss_at_start"] for row in rows if row.get("eval_loss_at_start")), None),
+        "eval_loss_at_start": next((row.last.eval_loss_at_start for row in rows
+                                    if _is_number(row.last.eval_loss_at_start)), None),
         "hparams_sessions": write_hparams(layout, rows),
     }
     if config.report.plots and rows:
@@ -356,36 +319,18 @@ def read_summary(layout: ExperimentLayout) -> dict | None:
 
 
 def print_leaderboard(summary: dict, console, top: int = 20) -> None:
+    """The leaderboard (summary.json's rows, or `LeaderboardRow`s) as a terminal table."""
     from rich.table import Table
 
     metric = summary["metric"]
-    table = Table(title=f"leaderboard — {summary['experiment']} ({metric}, {summary['mode']})")
-    for column in ("#", "trial", "status", metric, "steps", "lr", "r", "alpha", "batch×accum", "OOM",
-                   "samples/s", "tokens/s", "peak MB", "wall s"):
-        table.add_column(column, justify="left" if column in ("trial", "status") else "right")
-
-    def number(value, fmt):
-        return "-" if value is None else format(value, fmt)
-
-    for row in summary["leaderboard"][:top]:
-        status = row["status"].lower()
-        if row.get("estimated_memory_gb") is not None:
-            status += f" (est. {row['estimated_memory_gb']:.1f} GB)"
-        table.add_row(
-            str(row["rank"]), row["trial_id"], status, number(row.get(metric), ".4f"),
-            f"{row['steps']}/{row['total_steps'] or '?'}", number(row["learning_rate"], ".2e"),
-            str(row["lora_r"]), str(row["lora_alpha"]), f"{row['batch_size']}×{row['grad_accum']}",
-            oom_cell(row), number(row["samples_per_second"], ".1f"), number(row["tokens_per_second"], ".0f"),
-            number(row["peak_memory_mb"], ".0f"), number(row["wall_time_s"], ".0f"),
-        )
-    console.print(table)
-
-
-def oom_cell(row: dict) -> str:
-    """"-", or the OOM back-off rungs a trial took and what it finally ran with."""
-    if not row.get("oom_retries"):
-        return "-"
-    return f"{row['oom_retries']}: {row['ran_with']}" if row.get("ran_with") else str(row["oom_retries"])
+    rows = as_rows(summary["leaderboard"][:top], metric)
+    columns = table(TERMINAL, metric, [])
+    shown = Table(title=f"leaderboard — {summary['experiment']} ({metric}, {summary['mode']})")
+    for label, _ in columns:
+        shown.add_column(label, justify="left" if label in ("trial", "status") else "right")
+    for row in rows:
+        shown.add_row(*(render(row) for _, render in columns))
+    console.print(shown)
 
 
 def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None,
@@ -443,7 +388,7 @@ def export_merged(layout: ExperimentLayout, row: dict, config: ExperimentConfig,
 
 def merge_note(layout: ExperimentLayout, row: dict, config: ExperimentConfig, precision: str, metric: str) -> str:
     lines = [f"# {config.model.name} + LoRA of trial {row['trial_id']}", "",
-             f"Experiment {layout.root}, trial {row['trial_id']}: best {metric} {_cell(row.get(metric), '.4f')} "
+             f"Experiment {layout.root}, trial {row['trial_id']}: best {metric} {cell(row.get(metric), '.4f')} "
              f"at checkpoint {row['best_checkpoint']}.", "",
              f"The LoRA adapter (r {row['lora_r']}, alpha {row['lora_alpha']}) is merged into the base model "
              f"`{config.model.name}` loaded at {precision}, the precision the trial trained in, and saved as "

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from lexiray.config import ExperimentConfig, config_from_dict, config_to_yaml, yaml_load
 from lexiray.errors import LexirayError
+from lexiray.results import TUNE_AUTO_KEYS
 
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_NAME = "checkpoint"  # the HF checkpoint's folder inside a Ray checkpoint
@@ -355,10 +356,7 @@ def read_trial_config(layout: ExperimentLayout, trial_id: str) -> ExperimentConf
 # Tune persists its experiment state only every so often, and drops an unfinished trial's
 # results when an experiment is restored: resume relies on these records instead.
 
-# Filled in by Tune for every result; a replayed result must not carry the old ones.
-TUNE_AUTO_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
-                  "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "experiment_tag",
-                  "should_checkpoint", "replayed"}
+# Filled in by Tune for every result (lexiray.results.TUNE_AUTO_KEYS); a replayed result must not carry the old ones.
 
 
 def _plain(result: dict, drop: set[str] = frozenset()) -> dict:

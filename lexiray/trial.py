@@ -59,6 +59,7 @@ from lexiray.memory import mfu_inputs, over_budget
 from lexiray.model import build_peft_model, check_bitsandbytes, choose_precision, detect_hardware, load_tokenizer
 from lexiray.model import check_precision
 from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
+from lexiray.results import TrialReport
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
 
@@ -202,8 +203,8 @@ def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estim
                      budget_gb: float) -> None:
     """One Tune result that says the trial was skipped, then its finished record. Tune
     refuses a result without the scheduler's metric: NaN, which ranks the trial last."""
-    result = {"skipped_memory": 1, "estimated_memory_gb": round(estimate_gb, 2),
-              "memory_budget_gb": round(budget_gb, 2), metric: float("nan")}
+    result = TrialReport(skipped_memory=True, estimated_memory_gb=round(estimate_gb, 2),
+                         memory_budget_gb=round(budget_gb, 2)).with_value(metric, float("nan")).to_result()
     ray.tune.report(result)
     storage.mark_finished(layout, trial_id, result)
 
@@ -372,8 +373,8 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
     # Which precision and which Ray node: what a user checks first on a mixed cluster; the
     # OOM rungs taken and the settings the trial finally ran with.
-    where = {"precision": precision, "node_id": ray.get_runtime_context().get_node_id(),
-             "training_pid": os.getpid(), **ladder.metrics()}
+    where = TrialReport(precision=precision, node_id=ray.get_runtime_context().get_node_id(),
+                        training_pid=os.getpid()).merged(ladder.report())
     channel = settings.channel
     callbacks.append(hf_trainer.ReportOnSave(throughput, channel.report, constants=where))
     callbacks.append(hf_trainer.StopWhenAsked(channel.asked_to_stop))

@@ -31,12 +31,12 @@ def test_status_of_done_stopped_errored_and_running_trials():
         _record("errored", "ERROR", [3.5, 3.4]),
         _record("running", "RUNNING", [3.9]),
     ])
-    by_id = {row["trial_id"]: row for row in rows}
-    assert by_id["done"]["status"] == "DONE" and not by_id["done"]["stopped_early"]
-    assert by_id["stopped"]["status"] == "STOPPED" and by_id["stopped"]["stopped_early"]
-    assert by_id["stopped"]["steps"] == 6 and by_id["stopped"]["total_steps"] == 36
-    assert by_id["errored"]["status"] == "ERROR" and not by_id["errored"]["stopped_early"]
-    assert by_id["running"]["status"] == "RUNNING"
+    by_id = {row.trial_id: row for row in rows}
+    assert by_id["done"].status == "DONE" and not by_id["done"].stopped_early
+    assert by_id["stopped"].status == "STOPPED" and by_id["stopped"].stopped_early
+    assert by_id["stopped"].steps == 6 and by_id["stopped"].total_steps == 36
+    assert by_id["errored"].status == "ERROR" and not by_id["errored"].stopped_early
+    assert by_id["running"].status == "RUNNING"
 
 
 def test_rank_by_best_report_lowest_first_and_unscored_last():
@@ -46,12 +46,12 @@ def test_rank_by_best_report_lowest_first_and_unscored_last():
         _record("nothing", "ERROR", []),
         _record("nan", "TERMINATED", [float("nan")]),
     ])
-    assert [row["trial_id"] for row in rows][:2] == ["late-best", "steady"]
-    assert [row["rank"] for row in rows] == [1, 2, 3, 4]
-    assert {row["trial_id"] for row in rows[2:]} == {"nothing", "nan"}
+    assert [row.trial_id for row in rows][:2] == ["late-best", "steady"]
+    assert [row.rank for row in rows] == [1, 2, 3, 4]
+    assert {row.trial_id for row in rows[2:]} == {"nothing", "nan"}
     best = rows[0]
-    assert best["eval_loss"] == 2.5 and best["best_checkpoint"] == "/ckpt/18"  # its best, not its last
-    assert [h["step"] for h in best["history"]] == [6, 12, 18, 24, 30, 36]
+    assert best.value("eval_loss") == 2.5 and best.value("best_checkpoint") == "/ckpt/18"  # its best, not its last
+    assert [h["step"] for h in best.history] == [6, 12, 18, 24, 30, 36]
 
 
 def test_mode_max_ranks_highest_first():
@@ -60,19 +60,19 @@ def test_mode_max_ranks_highest_first():
                                                   {"step": 12, "eval_accuracy": 0.7, "eval_loss": 2.1,
                                                    "total_steps": 12}])]
     rows = leaderboard_rows(records, metric="eval_accuracy", mode="max")
-    assert [row["trial_id"] for row in rows] == ["high", "low"]
-    assert rows[0]["eval_accuracy"] == 0.9 and rows[0]["eval_loss"] == 2.0  # the best report's own loss
+    assert [row.trial_id for row in rows] == ["high", "low"]
+    assert rows[0].score == 0.9 and rows[0].value("eval_loss") == 2.0  # the best report's own loss
     min_rows = leaderboard_rows(records, metric="eval_accuracy", mode="min")
-    assert [row["trial_id"] for row in min_rows] == ["low", "high"]
+    assert [row.trial_id for row in min_rows] == ["low", "high"]
 
 
 def test_settings_come_from_the_trial_config():
     record = _record("t", "TERMINATED", [3.0], lr=4e-3, r=16)
     row = leaderboard_rows([record])[0]
-    assert row["learning_rate"] == 4e-3 and row["lora_r"] == 16
-    assert row["lora_alpha"] == 32  # derived: 2 * lora.r in the smoke search block
+    assert row.learning_rate == 4e-3 and row.lora_r == 16
+    assert row.lora_alpha == 32  # derived: 2 * lora.r in the smoke search block
     effective = BASE.training.effective_batch_size
-    assert row["batch_size"] * row["grad_accum"] == effective
+    assert row.batch_size * row.grad_accum == effective
 
 
 def test_leaderboard_csv_adds_the_tuned_metric_column():
@@ -87,15 +87,15 @@ def test_leaderboard_csv_adds_the_tuned_metric_column():
 def test_max_t_fills_in_when_reports_lack_total_steps(total):
     record = TrialRecord("t", "TERMINATED", [{"step": 36, "eval_loss": 1.0}])
     row = leaderboard_rows([record], max_t=total)[0]
-    assert row["status"] == ("DONE" if total else "STOPPED")
+    assert row.status == ("DONE" if total else "STOPPED")
 
 
 def test_per_task_losses_come_from_the_best_report_and_get_their_columns():
     reports = [{"step": 6, "eval_loss": 3.0, "eval_loss/grammar": 2.0, "eval_loss/vocabulary": 4.5, "total_steps": 12},
                {"step": 12, "eval_loss": 3.2, "eval_loss/grammar": 2.1, "eval_loss/vocabulary": 4.9, "total_steps": 12}]
     row = leaderboard_rows([TrialRecord("t", "TERMINATED", reports)])[0]
-    assert row["task_losses"] == {"grammar": 2.0, "vocabulary": 4.5}  # step 6: the best eval_loss
-    assert row["final_eval_loss"] == 3.2
+    assert row.task_losses == {"grammar": 2.0, "vocabulary": 4.5}  # step 6: the best eval_loss
+    assert row.final_eval_loss == 3.2
     header, first = list(csv.reader(leaderboard_csv([row], "eval_loss").splitlines()))
     at = header.index("eval_loss")
     assert header[at:at + 3] == ["eval_loss", "eval_loss/grammar", "eval_loss/vocabulary"]

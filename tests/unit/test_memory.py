@@ -185,8 +185,8 @@ def test_the_leaderboard_lists_a_skipped_trial_with_its_estimate():
                                                  "memory_budget_gb": 16.0, "eval_loss": float("nan")}])
     trained = TrialRecord("small", "TERMINATED", [{"step": 6, "eval_loss": 2.0, "total_steps": 6}])
     rows = leaderboard_rows([skipped, trained])
-    assert [row["trial_id"] for row in rows] == ["small", "big"]  # unscored: last
-    assert rows[1]["status"] == "SKIPPED" and rows[1]["estimated_memory_gb"] == 17.2 and rows[1]["steps"] == 0
+    assert [row.trial_id for row in rows] == ["small", "big"]  # unscored: last
+    assert rows[1].status == "SKIPPED" and rows[1].value("estimated_memory_gb") == 17.2 and rows[1].steps == 0
 
 
 # --------------------------------------------------------------------------- `lexiray plan`

@@ -186,9 +186,9 @@ def test_leaderboard_shows_the_rungs_and_what_the_trial_ran_with():
     fitted = {"step": 6, "eval_loss": 2.5, "total_steps": 6, **OomLadder(config()).metrics()}
     rows = leaderboard_rows([TrialRecord("backed-off", "TERMINATED", reports, ladder.start, {}),
                              TrialRecord("fitted", "TERMINATED", [fitted], config(), {})])
-    assert (rows[0]["oom_retries"], rows[0]["ran_with"]) == (3, "batch 2×4, checkpointing on")
-    assert (rows[0]["batch_size"], rows[0]["grad_accum"]) == (8, 1)  # the trial's own settings stay shown
-    assert (rows[1]["oom_retries"], rows[1]["ran_with"]) == (0, None)
+    assert (rows[0].value("oom_retries"), rows[0].value("ran_with")) == (3, "batch 2×4, checkpointing on")
+    assert (rows[0].batch_size, rows[0].grad_accum) == (8, 1)  # the trial's own settings stay shown
+    assert (rows[1].value("oom_retries"), rows[1].value("ran_with")) == (0, None)
     console = Console(record=True, width=250)
     print_leaderboard({"metric": "eval_loss", "mode": "min", "experiment": "x", "leaderboard": rows}, console)
     assert "3: batch 2×4, checkpointing on" in console.export_text()
