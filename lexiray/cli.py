@@ -377,7 +377,8 @@ def report(
 
 @app.command()
 def export(
-    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI"),
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI, or a `lexiray train` "
+                               "output folder"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Destination folder or URI "
                                          "(default: PATH/best)"),
     trial: Optional[str] = typer.Option(None, "--trial", help="Trial id (default: the best)"),
@@ -385,13 +386,20 @@ def export(
                                "standard HF model folder (safetensors), the adapter goes to OUTPUT/adapter"),
     debug: bool = DebugOption,
 ):
-    """Export a trial's best adapter (default: the best trial's) with its tokenizer and config."""
-    from lexiray.report import export_trial
-    from lexiray.storage import find_experiment, is_uri
+    """Export a trial's best adapter (default: the best trial's) with its tokenizer and config;
+    or a `lexiray train` output's adapter."""
+    from lexiray.report import export_train_output, export_trial
+    from lexiray.storage import find_experiment, find_train_output, is_uri
 
     if output is not None and not is_uri(output):
         output = str(Path(output).expanduser().resolve())
-    destination = export_trial(find_experiment(path), output, trial, merge=merge)
+    train_output = find_train_output(path)
+    if train_output is not None:
+        if trial is not None:
+            raise LexirayError(f"{path} is a `lexiray train` output (one run): --trial is for tuning experiments")
+        destination = export_train_output(train_output, output, merge=merge)
+    else:
+        destination = export_trial(find_experiment(path), output, trial, merge=merge)
     if merge:
         console.print(f"merged model exported to {destination} (AutoModelForCausalLM.from_pretrained loads it); "
                       f"adapter in {destination.rstrip('/')}/adapter")

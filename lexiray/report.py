@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -23,7 +24,7 @@ from lexiray.errors import LexirayError
 from lexiray.results import (CSV, HPARAM_COLUMNS, HPARAMS, REPORT, TERMINAL, LeaderboardRow, TrialReport, as_rows,
                              cell, table)
 from lexiray.space import describe_sample
-from lexiray.storage import ExperimentLayout, TuningRun
+from lexiray.storage import ExperimentLayout, TrainRunLayout, TuningRun
 
 # leaderboard.csv's fixed columns (the tuned metric and eval_loss/<task> join them): lexiray.results.METRICS
 LEADERBOARD_COLUMNS = [column for column, _ in table(CSV, "eval_loss", [])]
@@ -356,6 +357,41 @@ def export_trial(layout: ExperimentLayout, destination: str | Path | None = None
         export_merged(layout, row, config, destination, summary["metric"])
     else:
         _export_adapter(layout, row, config, destination, summary["metric"])
+    return destination
+
+
+def export_train_output(run: TrainRunLayout, destination: str | None, merge: bool = False) -> str:
+    """`lexiray export DIR` where DIR is a `lexiray train --output` folder, whose adapter is
+    already exported into DIR itself: copied to `destination` (a folder or URI), or with
+    `merge` merged into its base there (the adapter in `destination/adapter`)."""
+    config = storage.read_config(str(run.config_file))
+    if config is None:
+        raise LexirayError(f"{run.output}: no {run.config_file.name} beside the adapter")
+    if destination is None:
+        if not merge:
+            raise LexirayError(f"{run.output} is a `lexiray train` output and holds its adapter already: give "
+                               "--output to copy it elsewhere, or --merge -o DIR for a merged model")
+        destination = str(run.output / "merged")
+    metrics = json.loads(run.metrics_file.read_text())
+    adapter_dir = str(Path(destination) / "adapter") if merge else destination
+    names = [p.name for p in run.output.iterdir() if p.is_file()]
+    with tempfile.TemporaryDirectory() as staging:
+        for name in names:
+            shutil.copy2(run.output / name, Path(staging) / name)
+        if not merge and storage.is_uri(destination):
+            storage.upload_folder(Path(staging), destination)
+            return destination
+        if not merge:
+            shutil.copytree(staging, destination, dirs_exist_ok=True)
+            return destination
+        if storage.is_uri(destination):
+            raise LexirayError("export --merge of a `lexiray train` output: give a local --output folder")
+        shutil.copytree(staging, adapter_dir, dirs_exist_ok=True)
+    from lexiray.model import merge_adapter
+
+    # the dtype the worker trained in, as for a tuning trial
+    precision = (metrics.get("final") or {}).get("precision") or "fp32"
+    merge_adapter(adapter_dir, destination, config.model, precision)
     return destination
 
 

@@ -465,6 +465,23 @@ class TrainRunLayout:
     def config_file(self) -> Path:
         return self.output / CONFIG_FILE
 
+    @property
+    def metrics_file(self) -> Path:
+        return self.output / "metrics.json"
+
+    def holds_adapter(self) -> bool:
+        """A finished `lexiray train` output: its adapter exported into the folder itself."""
+        return (self.output / "adapter_config.json").is_file() and self.metrics_file.is_file()
+
+
+def find_train_output(path: str) -> TrainRunLayout | None:
+    """`path` as a finished `lexiray train --output` folder, or None (then it may be a tuning
+    experiment: `find_experiment`)."""
+    if is_uri(path):
+        return None
+    layout = TrainRunLayout(Path(path).expanduser().resolve())
+    return layout if layout.holds_adapter() else None
+
 
 def write_config(path: Path, config: ExperimentConfig) -> None:
     write_text(str(path), config_to_yaml(config))
