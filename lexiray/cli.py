@@ -76,7 +76,8 @@ def train(
     output: Path = typer.Option(Path("runs/train"), "--output", "-o", help="Output folder"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --output from its last checkpoint"),
     chaos: Optional[str] = typer.Option(None, "--chaos",
-                                        help="Testing aid: kill-worker@step=N, kill-save@step=N or oom-above-batch=N"),
+                                        help="Testing aid: kill-worker@step=N, kill-save@step=N, "
+                                        "nan-loss@step=N or oom-above-batch=N"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
     verbose: bool = VerboseOption,
     debug: bool = DebugOption,
@@ -96,6 +97,8 @@ def train(
                   f"{summary['final'].get('tokens_per_second', 0):.0f} tokens/s, "
                   f"peak memory {summary['final'].get('peak_memory_mb', 0):.0f} MB, "
                   f"{summary['wall_time_s']:.0f} s")
+    if summary["final"].get("diverged"):  # a result, not an error: the adapter is the last finite checkpoint's
+        console.print(f"[red]{summary['final']['diverged']}[/]: stopped at step {summary['final'].get('step')}")
     console.print(f"adapter: {output.resolve()}")
     console.print(f"tensorboard --logdir {(output / 'tensorboard').resolve()}")
 
@@ -110,7 +113,7 @@ def tune(
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
     chaos: Optional[str] = typer.Option(None, "--chaos",
-                                        help="Testing aid: kill-worker@step=N, kill-save@step=N or "
+                                        help="Testing aid: kill-worker@step=N, kill-save@step=N, nan-loss@step=N or "
                                         "oom-above-batch=N [,trial=K]"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)"),
     resume_existing: bool = typer.Option(False, "--resume", help="Continue the experiment of this --name when "

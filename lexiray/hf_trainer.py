@@ -32,6 +32,7 @@ from lexiray.config import ExperimentConfig
 from lexiray.data import PadCollator, PaddingFreeCollator
 from lexiray.errors import ConfigError
 from lexiray.memory import mfu
+from lexiray.precision import EVAL_LOSS, GRAD_NORM, TRAIN_LOSS, NonFinite, is_finite
 from lexiray.results import CURVE_KEYS, TrialReport
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
 
@@ -73,6 +74,9 @@ def training_arguments(config: ExperimentConfig, output_dir: str, precision: str
         save_steps=training.save_steps,
         save_total_limit=2,  # local copies only: Ray keeps the persisted ones
         logging_steps=training.logging_steps,
+        # HF's default replaces a non-finite step's loss by the average so far: the logged loss
+        # (what StopOnNonFinite reads in multi-worker trials, and TensorBoard draws) must show it.
+        logging_nan_inf_filter=False,
         activation_checkpointing=training.gradient_checkpointing,  # transformers 5's name for it
         activation_checkpointing_kwargs={"use_reentrant": False},
         # Every LoRA weight takes part in each forward pass; HF's default (True when not
@@ -124,6 +128,8 @@ def build_hf_trainer(config: ExperimentConfig, model, tokenizer, train_set, eval
         callbacks=list(callbacks),
     )
     trainer.remove_callback(PrinterCallback)
+    trainer.step_loss_watch = next((callback.note_step_loss for callback in callbacks
+                                    if isinstance(callback, StopOnNonFinite) and callback.each_step), None)
     if packing == "padding_free":
         trainer.get_train_dataloader = _with_collator(trainer, trainer.get_train_dataloader, PaddingFreeCollator())
     return trainer
@@ -244,6 +250,20 @@ class PerTaskEvalTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self._task_totals = None  # [task, (loss sum, token count)] during an evaluation
+        self.step_loss_watch: Callable | None = None  # StopOnNonFinite.note_step_loss (build_hf_trainer)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.step_loss_watch is not None:
+            self.step_loss_watch(loss)
+        return loss
+
+    def _load_scaler(self, checkpoint):
+        # A checkpoint saved under fp16 autocast holds the loss scaler's state; HF loads it
+        # whenever the file is there, and fails on a trainer without a scaler (plain fp32):
+        # the precision ladder's last rung resumes such checkpoints.
+        if self.accelerator.scaler is not None:
+            super()._load_scaler(checkpoint)
 
     def get_eval_dataloader(self, eval_dataset=None):
         if self.eval_collator is None:
@@ -435,6 +455,48 @@ class StopWhenAsked(TrainerCallback):
             control.should_training_stop = True
             control.should_save = control.should_evaluate = control.should_log = False
         return control
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stops training at once when the training loss, the gradient norm or eval_loss turns
+    non-finite, without saving (or evaluating) that state: the last checkpoint stays the last
+    finite one. `found` says what and when (lexiray.precision: the worker then backs off to a
+    safer precision, or records the trial as diverged).
+
+    `each_step`: also every micro-batch's loss (fed by `PerTaskEvalTrainer.training_step`), so
+    the stop comes at the step that went wrong, not at the next log; single-worker trials
+    only: a rank stopping on its own loss would leave the others waiting in their
+    collectives, so several workers watch the logged values, which all ranks share.
+    `grad_norm`: False under fp16 autocast, where an inf gradient norm is the loss scaler
+    skipping a step (and lowering its scale), not a failure."""
+
+    def __init__(self, each_step: bool = True, grad_norm: bool = True):
+        self.each_step, self.grad_norm = each_step, grad_norm
+        self.found: NonFinite | None = None
+        self.step_loss: float | None = None  # the first non-finite micro-batch loss of this step
+
+    def note_step_loss(self, loss) -> None:
+        if self.step_loss is None and not torch.isfinite(loss).all():
+            self.step_loss = float(loss.float().mean())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.step_loss is not None:
+            self._stop(control, NonFinite(TRAIN_LOSS, self.step_loss, state.global_step, state.max_steps))
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        watched = (TRAIN_LOSS, EVAL_LOSS, GRAD_NORM) if self.grad_norm else (TRAIN_LOSS, EVAL_LOSS)
+        for key in watched:
+            if key in (logs or {}) and not is_finite(logs[key]):
+                self._stop(control, NonFinite(key, float(logs[key]), state.global_step, state.max_steps))
+                break
+        return control
+
+    def _stop(self, control, found: NonFinite) -> None:
+        if self.found is None:
+            self.found = found
+        control.should_training_stop = True
+        control.should_save = control.should_evaluate = False
 
 
 class ReportOnSave(TrainerCallback):

@@ -116,7 +116,7 @@ def metric_by_setting(rows: list[LeaderboardRow], settings: list[Setting], metri
     lines = math.ceil(len(settings) / columns)
     figure, axes = plt.subplots(lines, columns, figsize=(4.6 * columns, 3.8 * lines), squeeze=False)
     scored = [row for row in rows if _number(row.score)]
-    best = scored[0] if scored else None
+    best = next((row for row in scored if row.status != "DIVERGED"), None)  # a diverged trial is never best
     for axis, setting in zip(axes.flat, settings):
         points = [(row.sample.get(setting.key), row.score, row) for row in scored
                   if row.sample.get(setting.key) is not None]

@@ -30,6 +30,10 @@ class PrintTrialProgress(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         report = TrialReport.from_result(result)
+        if report.diverged:  # its last report (lexiray.precision.diverged_report)
+            _console().print(f"[cyan]{trial.trial_id}[/] [red]{report.diverged}[/]: stopped at step {report.step}/"
+                             f"{self.max_t if report.total_steps is None else report.total_steps}")
+            return
         loss = report.eval_loss
         if loss is None or report.skipped_memory:  # a skipped trial's loss is NaN
             return
@@ -47,6 +51,8 @@ class PrintTrialProgress(Callback):
         if last.skipped_memory:
             _console().print(f"[cyan]{trial.trial_id}[/] [yellow]skipped[/]: estimated peak memory "
                              f"{last.estimated_memory_gb} GB, over the {last.memory_budget_gb} GB budget")
+            return
+        if last.diverged:  # said when it happened (on_trial_result)
             return
         step, total = last.step, self.max_t if last.total_steps is None else last.total_steps
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"

@@ -82,6 +82,8 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
         status = "ERROR"
     elif last.skipped_memory:
         status = "SKIPPED"  # estimated over its GPU's memory: never trained
+    elif any(r.diverged for r in reports):
+        status = "DIVERGED"  # its loss turned non-finite on a precision it could not leave (lexiray.precision)
     elif total and steps >= total:
         status = "DONE"
     elif record.tune_status == "TERMINATED":
@@ -116,10 +118,12 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
 def leaderboard_rows(records: list[TrialRecord], metric: str = "eval_loss", mode: str = "min",
                      max_t: int | None = None) -> list[LeaderboardRow]:
     """Rows ranked by the trial's best `metric` (lowest first for mode=min, highest first
-    for mode=max); trials without a score come last."""
+    for mode=max); trials without a score next, diverged trials last (by their last finite
+    score): a diverged trial is never the best."""
     rows = [leaderboard_row(record, metric, mode, max_t) for record in records]
     sign = 1 if mode == "min" else -1
-    rows.sort(key=lambda row: (row.score is None, sign * row.score if row.score is not None else 0))
+    rows.sort(key=lambda row: (row.status == "DIVERGED", row.score is None,
+                               sign * row.score if row.score is not None else 0))
     return [replace(row, rank=rank) for rank, row in enumerate(rows, start=1)]
 
 
@@ -296,10 +300,11 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "stopped_early": sum(r.stopped_early for r in rows),
         "errored": sum(r.status == "ERROR" for r in rows),
         "skipped_memory": sum(r.status == "SKIPPED" for r in rows),
+        "diverged": sum(r.status == "DIVERGED" for r in rows),
         "total_steps_trained": sum(r.steps for r in rows),
         "wall_time_s": wall_time_s,
         "tasks": task_names(rows),
-        "best": rows[0].as_dict() if rows else None,
+        "best": next((r.as_dict() for r in rows if r.status != "DIVERGED"), None),
         "leaderboard": [r.as_dict() for r in rows],
         "tensorboard": layout.tensorboard_dir,
         "eval_loss_at_start": next((row.last.eval_loss_at_start for row in rows
@@ -342,11 +347,14 @@ def export_trial(layout: ExperimentLayout, destination: str | Path | None = None
     model folder (the LoRA merged into the base) and the adapter goes to its `adapter/`."""
     summary = read_summary(layout) or build_report(layout)
     rows = summary["leaderboard"]
-    row = next((r for r in rows if r["trial_id"] == trial_id), None) if trial_id else (rows[0] if rows else None)
+    # by default the leaderboard's first trial that did not diverge
+    row = (next((r for r in rows if r["trial_id"] == trial_id), None) if trial_id
+           else next((r for r in rows if r["status"] != "DIVERGED"), None))
     if row is None:
         known = ", ".join(r["trial_id"] for r in rows) or "none"
         raise LexirayError(f"{layout.root}: no trial {trial_id!r} (trials: {known})" if trial_id
-                           else f"{layout.root}: no trials to export")
+                           else f"{layout.root}: no trials to export" if not rows
+                           else f"{layout.root}: every trial diverged: pass --trial to export one anyway")
     if not row.get("best_checkpoint"):
         raise LexirayError(f"{layout.root}: trial {row['trial_id']} kept no checkpoint")
     config = storage.read_trial_config(layout, row["trial_id"])
@@ -446,7 +454,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
     best = summary.get("best")
     skipped = f"{summary['skipped_memory']} skipped over the GPU memory budget, " if summary["skipped_memory"] else ""
     console.print(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by "
-                  f"{config.tune.scheduler.upper()}, {summary['errored']} errored, {skipped}"
+                  f"{config.tune.scheduler.upper()}, {summary['diverged']} diverged, {summary['errored']} errored, "
+                  f"{skipped}"
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
     if best and best.get("best_checkpoint"):
         destination = export_trial(layout)

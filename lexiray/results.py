@@ -72,6 +72,11 @@ class TrialReport:
     ran_max_seq_length: int | None = None
     ran_lora_r: int | None = None
     ran_optim: str | None = None
+    # the precision back-off ladder (precision.PrecisionLadder): rungs taken, the precision run with
+    precision_retries: int | None = None
+    ran_precision: str | None = None
+    # a trial whose loss turned non-finite on a precision it could not leave: why, on one line
+    diverged: str | None = None  # only its last report carries it
     eval_loss_at_start: float | None = None  # the untrained model's (eval_on_start)
     # a trial estimated over its GPU memory budget (trial.skip_over_budget): never trained
     skipped_memory: bool = False  # on the wire: 1, or absent
@@ -107,6 +112,8 @@ class TrialReport:
                 values[key] = value
             elif key == "skipped_memory":
                 values[key] = value == value and bool(value)  # NaN: a column other reports lacked
+            elif key == "diverged":
+                values[key] = value if isinstance(value, str) and value else None  # NaN: as above
             elif key.startswith(TASK_LOSS_PREFIX) and len(key) > len(TASK_LOSS_PREFIX):
                 tasks[key[len(TASK_LOSS_PREFIX):]] = value
             elif key not in TUNE_AUTO_KEYS:
@@ -132,7 +139,8 @@ class TrialReport:
         return TrialReport.from_result({**self.to_result(), key: value})
 
 
-_PLAIN_FIELDS = frozenset(item.name for item in fields(TrialReport)) - {"task_losses", "skipped_memory", "extra"}
+_PLAIN_FIELDS = frozenset(item.name for item in fields(TrialReport)) - {"task_losses", "skipped_memory", "diverged",
+                                                                        "extra"}
 
 
 # --------------------------------------------------------------------------- the leaderboard row
@@ -148,7 +156,7 @@ class LeaderboardRow:
     through `METRICS` (`row.value(name)`)."""
 
     trial_id: str
-    status: str  # DONE, STOPPED (by the scheduler), SKIPPED (over memory), ERROR, or Tune's own
+    status: str  # DONE, STOPPED (by the scheduler), DIVERGED, SKIPPED (over memory), ERROR, or Tune's own
     metric: str  # the tuned metric's name
     score: float | None  # its value in the best report
     steps: int
@@ -239,6 +247,14 @@ def oom_cell(row: LeaderboardRow, view: str = TERMINAL) -> str:
     return f"{retries}: {ran_with}" if ran_with else str(retries)
 
 
+def precision_cell(row: LeaderboardRow, view: str = TERMINAL) -> str:
+    """"-", or the precision back-off rungs a trial took and the precision it finally ran with."""
+    retries, ran = row.value("precision_retries"), row.value("ran_precision")
+    if not retries:
+        return "-"
+    return f"{retries}: {ran}" if ran else str(retries)
+
+
 def _status_cell(row: LeaderboardRow, view: str) -> str:
     status = row.status.lower()
     estimate = row.value("estimated_memory_gb")
@@ -302,6 +318,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("grad_accum", shown=_shown(CSV), setting=ACCUMULATION_KEY),
     Metric("oom_retries", "OOM", take=LAST, shown=_shown(CSV, TERMINAL), render=oom_cell),
     Metric("ran_with", take=LAST, shown=_shown(CSV)),
+    Metric("precision_retries", "NaN", take=LAST, shown=_shown(CSV, TERMINAL), render=precision_cell),
+    Metric("ran_precision", take=LAST, shown=_shown(CSV)),
+    Metric("diverged", take=LAST, shown=_shown(CSV)),  # why, for a DIVERGED trial
     Metric("samples_per_second", "samples/s", ".1f", take=LAST, shown=_shown(CSV, TERMINAL, REPORT, HPARAMS, CURVES)),
     Metric("tokens_per_second", "tokens/s", ".0f", take=LAST, shown=_shown(CSV, TERMINAL, REPORT, CURVES)),
     Metric("peak_memory_mb", "peak MB", ".0f", take=LAST, shown=_shown(CSV, TERMINAL, REPORT, HPARAMS, CURVES)),

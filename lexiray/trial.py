@@ -19,6 +19,9 @@ The flow of one tuning trial, each integration point numbered where it happens:
       9. fit, then drop the local scratch folder (every checkpoint is in Ray's storage)
       6–9 again after a CUDA out-of-memory error, on the OOM back-off ladder's next rung
          (lexiray.oom): memory freed, the trial rebuilt in place with a smaller footprint
+      6–9 again after a non-finite loss or gradient norm, on the precision ladder's next rung
+         (lexiray.precision), from the last finite checkpoint; with no rung left the trial
+         stops there and its last report records it as diverged (a result, not an error)
 
 `lexiray train` (run_training) runs steps 4–9 without Tune. What crosses the Ray boundary
 is a frozen dataclass: `TrialPlan` (Tune driver → trial driver), `WorkerSettings`
@@ -59,6 +62,7 @@ from lexiray.memory import mfu_inputs, over_budget
 from lexiray.model import build_peft_model, check_bitsandbytes, choose_precision, detect_hardware, load_tokenizer
 from lexiray.model import check_precision
 from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
+from lexiray.precision import NonFinite, PrecisionLadder, diverged_report, inject_nan_loss
 from lexiray.results import TrialReport
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
@@ -277,7 +281,10 @@ def train_worker(settings: WorkerSettings) -> None:
     the checkpoint to resume from, "asked to stop" and rank zero. A CUDA out-of-memory
     error does not fail the trial: the worker frees the memory and trains again, in place,
     on the next rung of the OOM back-off ladder (lexiray.oom; single-worker trials only:
-    one rank retrying alone would leave the others waiting in their collectives)."""
+    one rank retrying alone would leave the others waiting in their collectives). Nor does
+    a non-finite loss: the worker backs off to a safer precision (lexiray.precision, single-
+    worker trials too) and resumes from the last finite checkpoint; with no rung left it
+    reports the trial as diverged and returns."""
     ray_seam.quiet_train_reports()
     config = settings.config
     # 5. Threads and precision for the hardware this worker got.
@@ -288,6 +295,8 @@ def train_worker(settings: WorkerSettings) -> None:
     train_set, eval_set = settings.data.load()
     lengths = list(train_set["length"]) if "length" in train_set.column_names else None  # for the OOM ladder
     ladder = OomLadder(config, settings.searched, train_lengths=lengths)
+    precisions = PrecisionLadder(precision, chaos_nan_loss=bool(settings.chaos and settings.chaos.action == "nan-loss"),
+                                 can_back_off=config.resources.num_workers == 1)
     # 7. After a worker failure (or `train --resume`) Train hands back the last persisted
     #    checkpoint; a resumed run has its step-0 evaluation in the restored history already.
     checkpoint = settings.channel.latest_checkpoint()
@@ -298,12 +307,21 @@ def train_worker(settings: WorkerSettings) -> None:
             paged_noted = paged_noted or note_paged_optimizer_on_cpu(ladder.config.training.optim, hardware.cuda)
             try:
                 with resume_source(checkpoint, output_dir, ladder) as resume_dir:
-                    fit_attempt(settings, ladder, hardware, precision, train_set, eval_set, output_dir, resume_dir)
-                return
+                    found = fit_attempt(settings, ladder, hardware, precisions, train_set, eval_set, output_dir,
+                                        resume_dir)
+                if found is None:
+                    return
             except Exception as error:
                 if not is_out_of_memory(error) or config.resources.num_workers > 1:
                     raise
                 message = str(error).strip().splitlines()[0]
+                found = None
+            if found is not None:  # non-finite: the stop came before its state was saved
+                free_memory()
+                if precisions.back_off(found) is None:
+                    report_divergence(settings, ladder, precisions, found)
+                    return
+                continue
             # Outside the `except`: the error's traceback no longer holds the attempt's model.
             free_memory()
             rung = ladder.back_off(message)  # the one-line error once no rung is left
@@ -344,12 +362,22 @@ def resume_source(checkpoint, output_dir: str, ladder: OomLadder):
         yield None
 
 
-def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision: str, train_set, eval_set,
-                output_dir: str, resume_dir: str | None) -> None:
-    """Steps 6, 8 and 9 with the ladder's current config: model, HF Trainer, fit."""
+def report_divergence(settings: WorkerSettings, ladder: OomLadder, precisions: PrecisionLadder,
+                      found: NonFinite) -> None:
+    """A diverged trial's last report (every rank sends it: Train waits for all), logged on one line."""
+    report = diverged_report(precisions, found, settings.config.tune.metric).merged(ladder.report())
+    log.warning("%s: stopped at step %d, recorded as diverged", report.diverged, found.step)
+    settings.channel.report(report.to_result())
+
+
+def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precisions: PrecisionLadder, train_set,
+                eval_set, output_dir: str, resume_dir: str | None) -> NonFinite | None:
+    """Steps 6, 8 and 9 with the ladders' current config and precision: model, HF Trainer,
+    fit. Returns what turned non-finite when that stopped it, else None."""
     from lexiray import hf_trainer  # transformers: paid by the workers only
 
     config = ladder.config
+    precision, weights = precisions.rung.autocast, precisions.rung.weights
     # 6. Model and data. A shorter data.max_seq_length rung truncates the training rows only:
     #    the evaluation rows stay whole, so the trial's eval_loss still compares with the others'.
     tokenizer = load_tokenizer(config.model)
@@ -359,7 +387,7 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
 
     set_seed(config.training.seed)
     hf_trainer.reset_peak_memory()  # the peak of this attempt, model loading included
-    model = build_peft_model(config.model, config.lora, config.training, precision)
+    model = build_peft_model(config.model, config.lora, config.training, weights)
     if settings.chaos and settings.chaos.action == "oom-above-batch":
         raise_oom_above_batch(model, settings.chaos.batch_limit)
     if config.data.max_seq_length < settings.config.data.max_seq_length:
@@ -368,13 +396,16 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     #    before the report persists that checkpoint.
     throughput = hf_trainer.ThroughputMeter(
         settings.started_at, **mfu_inputs(config, model.config.to_dict(), hardware.gpu_name, precision))
-    callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep()]
+    # After EvaluateAndSaveAtLastStep: a non-finite last step must not be saved either.
+    non_finite = hf_trainer.StopOnNonFinite(each_step=config.resources.num_workers == 1,
+                                            grad_norm=precision != "fp16")
+    callbacks = [throughput, hf_trainer.EvaluateAndSaveAtLastStep(), non_finite]
     if settings.chaos:
         callbacks.append(hf_trainer.KillWorkerOnce(settings.chaos))
     # Which precision and which Ray node: what a user checks first on a mixed cluster; the
     # OOM rungs taken and the settings the trial finally ran with.
     where = TrialReport(precision=precision, node_id=ray.get_runtime_context().get_node_id(),
-                        training_pid=os.getpid()).merged(ladder.report())
+                        training_pid=os.getpid()).merged(ladder.report()).merged(precisions.report())
     channel = settings.channel
     callbacks.append(hf_trainer.ReportOnSave(throughput, channel.report, constants=where))
     callbacks.append(hf_trainer.StopWhenAsked(channel.asked_to_stop))
@@ -386,10 +417,14 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
         config, model, tokenizer, train_set, eval_set, output_dir, precision, hardware.cuda,
         eval_on_start=settings.eval_on_start and resume_dir is None, callbacks=callbacks,
     )
+    if precisions.injects_nan_loss:
+        inject_nan_loss(model, settings.chaos.step, lambda: trainer.state.global_step + 1,
+                        lambda: non_finite.found is None)
     # 9. Fit.
     if resume_dir is not None:
         log.info("resuming from %s", resume_dir)
     trainer.train(resume_from_checkpoint=resume_dir)
+    return non_finite.found
 
 
 # --------------------------------------------------------------------------- `lexiray train`

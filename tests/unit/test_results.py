@@ -25,6 +25,7 @@ FULL = TrialReport(
     projected_wall_s=8.0, mfu=0.02, startup_s=3.5, reported_at=1010.0, precision="bf16", node_id="n1",
     training_pid=4242, oom_retries=2, ran_with="batch 4×2, checkpointing on", ran_batch_size=4, ran_grad_accum=2,
     ran_gradient_checkpointing=True, ran_max_seq_length=512, ran_lora_r=8, ran_optim="adamw_torch",
+    precision_retries=1, ran_precision="fp16 autocast, fp32 weights", diverged="diverged: non-finite loss nan",
     eval_loss_at_start=4.0, skipped_memory=True, estimated_memory_gb=3.2, memory_budget_gb=16.0,
     checkpoint_path="/exp/trial_1/checkpoint_000001", time_total_s=30.0,
     extra={"learning_rate": 1e-4, "epoch": 0.5, "grad_norm": 0.7},
@@ -46,7 +47,7 @@ def test_every_field_survives_the_round_trip_through_tunes_dict():
 
 
 def _rows(metric: str = "eval_loss") -> list[LeaderboardRow]:
-    trained = replace(FULL, skipped_memory=False)
+    trained = replace(FULL, skipped_memory=False, diverged=None)
     first = replace(trained, step=6, eval_loss=3.0, task_losses={"grammar": 2.5, "vocabulary": 3.5})
     records = [TrialRecord("full", "TERMINATED", [first.to_result(), trained.to_result()], CONFIG,
                            {"training.learning_rate": 1e-4}),
