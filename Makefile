@@ -37,6 +37,7 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/scale_sim.py
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/gpu_step.py
+	$(BIN)/python benchmarks/eval_memory.py
 
 # The GPU check in one call (benchmarks/gpu_check.py), on a GPU machine's own Python (its torch):
 # the packages its image lacks come from .gpu/ (../shared/gpu/make-bundle): wheels installed with
