@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.lexiray-installed
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup demo test test-fast benchmarks clean
+.PHONY: setup demo test test-fast benchmarks gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,20 @@ benchmarks: $(STAMP)
 	$(BIN)/python benchmarks/scale_sim.py
 	$(BIN)/python benchmarks/packing.py
 	$(BIN)/python benchmarks/gpu_step.py
+	$(BIN)/python benchmarks/eval_memory.py
+
+# The GPU check in one call (benchmarks/gpu_check.py), on a GPU machine's own Python (its torch):
+# the packages its image lacks come from .gpu/ (../shared/gpu/make-bundle): wheels installed with
+# pip from .gpu alone, or the bundle's unpacked site folder put on PYTHONPATH. Writes
+# $$OUT/gpu-check-summary.json (./gpu-check-summary.json without OUT); on CPU it marks the GPU parts skipped.
+GPU_PYTHON ?= python3
+gpu-check:
+	@set -e; \
+	if ls .gpu/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --find-links .gpu .gpu/*.whl; fi; \
+	if [ -f .gpu/bundle.tar.xz ]; then site=$$(mktemp -d); tar -xJf .gpu/bundle.tar.xz -C "$$site"; \
+	  export PYTHONPATH="$$site$${PYTHONPATH:+:$$PYTHONPATH}"; fi; \
+	export PYTHONPATH="$$PWD$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	timeout 480 $(GPU_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) lexiray_results runs .pytest_cache

@@ -9,15 +9,18 @@ tokens/s, peak GB (torch's max_memory_allocated) and MFU (lexiray.memory's LoRA-
 per token over the GPU's dense 16-bit peak), and ends with `gpu_mfu_batch8: <MFU of the best
 batch-8 case>`. Target: >= 0.45 on an H100/H200-class GPU.
 
-On a machine without a CUDA GPU it says so and exits 0.
+On a machine without a CUDA GPU it says so and exits 0. `--json PATH` also writes every
+case's figures there (benchmarks/gpu_check.py reads them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 SEQ_LEN = 512
 LORA_R = 16
@@ -91,7 +94,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--json", help="also write every case's figures to this file")
     options = parser.parse_args()
+    cases = []
     import torch
 
     if not torch.cuda.is_available():
@@ -116,18 +121,27 @@ def main() -> None:
                     model = build_model(dtype, four_bit, folder)
                 except Exception as error:  # e.g. bitsandbytes without this GPU's kernels
                     print(f"{label} {'4-bit' if four_bit else '16-bit'}: skipped ({type(error).__name__}: {error})")
+                    cases.append({"precision": label, "four_bit": four_bit,
+                                  "skipped": f"{type(error).__name__}: {error}"})
                     continue
                 for batch in (4, 8):
                     seconds, peak_gb = time_steps(model, batch, dtype, options.steps, options.warmup)
                     tokens = batch * SEQ_LEN / seconds
                     utilization = mfu(tokens, per_token, peak_flops(name, label))
                     shown = "n/a" if utilization is None else f"{utilization:.1%}"
-                    print(f"{label} {'4-bit' if four_bit else '16-bit'} batch {batch}: {batch / seconds:7.1f} samples/s, "
+                    print(f"{label} {'4-bit' if four_bit else '16-bit'} batch {batch}: "
+                          f"{batch / seconds:7.1f} samples/s, "
                           f"{tokens:9.0f} tokens/s, peak {peak_gb:5.2f} GB, MFU {shown}")
+                    cases.append({"precision": label, "four_bit": four_bit, "batch": batch,
+                                  "samples_per_second": batch / seconds, "tokens_per_second": tokens,
+                                  "peak_gb": peak_gb, "mfu": utilization})
                     if batch == 8 and utilization is not None and not four_bit:
                         best_batch8 = max(best_batch8 or 0.0, utilization)
                 del model
                 torch.cuda.empty_cache()
+    if options.json:
+        Path(options.json).write_text(json.dumps({"gpu": name, "seq_len": SEQ_LEN, "lora_r": LORA_R, "cases": cases,
+                                                  "gpu_mfu_batch8": best_batch8}, indent=1))
     print(f"gpu_mfu_batch8: {'n/a' if best_batch8 is None else f'{best_batch8:.3f}'}")
 
 

@@ -31,7 +31,7 @@ from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
 from lexiray.data import PadCollator, PaddingFreeCollator
 from lexiray.errors import ConfigError
-from lexiray.memory import mfu
+from lexiray.memory import EVAL_LOSS_CHUNK_TOKENS, mfu
 from lexiray.precision import EVAL_LOSS, GRAD_NORM, TRAIN_LOSS, NonFinite, is_finite
 from lexiray.results import CURVE_KEYS, TrialReport
 from lexiray.storage import CHECKPOINT_NAME, is_uri, upload_folder
@@ -45,6 +45,10 @@ PACKED_SDPA = "lexiray_packed_sdpa"
 PACKED_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
                     "flash_attention_4", PACKED_SDPA)
 TASK_COLUMN = "task"  # the prepared datasets' task name per row ("" when the data has none)
+# Causal LMs whose logits are their lm_head over the decoder's last hidden state, nothing more
+# (no logit scaling or soft-capping): their evaluation loss is computed in chunks of answer
+# positions (`answer_token_losses`); any other model is evaluated through its own forward.
+PLAIN_LM_HEAD_TYPES = ("qwen2", "qwen3", "llama", "mistral")
 
 
 def training_arguments(config: ExperimentConfig, output_dir: str, precision: str, cuda: bool,
@@ -240,16 +244,56 @@ class TaskTaggingCollator:
         return batch
 
 
+def decoder_and_head(model):
+    """The decoder (its last hidden state, final norm included) and the lm_head of a causal
+    LM, through PEFT's wrapper (LoRA's layers sit inside the decoder, so its adapters apply);
+    None for a model not of `PLAIN_LM_HEAD_TYPES`."""
+    from peft import PeftModel
+
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    if getattr(getattr(base, "config", None), "model_type", None) not in PLAIN_LM_HEAD_TYPES:
+        return None
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def answer_token_losses(decoder, head, inputs: dict,
+                        chunk_tokens: int = EVAL_LOSS_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed next-token loss over its answer tokens, and their count (HF's causal-LM
+    shift: position t predicts label t+1; -100 is ignored), without the batch's logits: the
+    decoder's last hidden states at the answer positions go through lm_head `chunk_tokens`
+    positions at a time, each chunk's logits upcast to fp32 for the cross-entropy as HF's loss
+    does. A batch's full logits (rows x length x a 150k vocabulary, upcast) made evaluation
+    the memory peak of a trial; here it is one chunk's."""
+    labels = inputs["labels"]
+    batch = {key: value for key, value in inputs.items() if key not in ("labels", "num_items_in_batch")}
+    hidden = decoder(**batch, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    answer = targets != -100
+    rows = answer.nonzero()[:, 0]
+    states, wanted = hidden[:, :-1][answer], targets[answer]
+    del hidden
+    sums = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+    for start in range(0, wanted.numel(), chunk_tokens):
+        end = start + chunk_tokens
+        logits = head(states[start:end]).float()
+        sums.index_add_(0, rows[start:end],
+                        torch.nn.functional.cross_entropy(logits, wanted[start:end], reduction="none"))
+        del logits
+    return sums, answer.sum(dim=1)
+
+
 class PerTaskEvalTrainer(Trainer):
-    """A HF `Trainer` whose evaluation also reports `eval_loss/<task>`: the mean loss per
-    answer token of each task, from the logits of the same forward pass that gives HF's
-    own eval_loss (which stays untouched: no second evaluation, no other loss path).
-    Without an `eval_collator` (no tasks) it is HF's Trainer."""
+    """A HF `Trainer` whose evaluation computes the loss without the batch's full logits
+    (`answer_token_losses`: HF's eval_loss, the mean loss per answer token, to float
+    rounding) and also reports `eval_loss/<task>`: the mean loss per answer token of each
+    task, from the same forward pass (no second evaluation). Models outside
+    `PLAIN_LM_HEAD_TYPES`, and evaluations that want predictions, take HF's own path."""
 
     def __init__(self, *args, eval_collator: TaskTaggingCollator | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.eval_collator = eval_collator
         self._task_totals = None  # [task, (loss sum, token count)] during an evaluation
+        self._loss_only_evaluation = False  # during an evaluation that keeps no predictions
         self.step_loss_watch: Callable | None = None  # StopOnNonFinite.note_step_loss (build_hf_trainer)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -276,6 +320,24 @@ class PerTaskEvalTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         task_ids = inputs.pop("task_ids", None)  # never reaches the model
+        parts = (decoder_and_head(self.accelerator.unwrap_model(model))
+                 if self._loss_only_evaluation and not model.training else None)
+        if parts is not None:
+            rows = []
+
+            def loss_only(**batch):
+                """The model's forward as far as HF's compute_loss reads it: the loss alone.
+                HF still normalises it (num_items_in_batch, averaging across devices)."""
+                num_items = batch.pop("num_items_in_batch", None)
+                sums, counts = answer_token_losses(*parts, batch)
+                rows.append((sums, counts))
+                return {"loss": sums.sum() / (counts.sum() if num_items is None else num_items)}
+
+            loss, outputs = super().compute_loss(loss_only, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            if task_ids is not None and self._task_totals is not None:
+                self._add_row_totals(*rows[0], task_ids)
+            return (loss, outputs) if return_outputs else loss
         if task_ids is None or self._task_totals is None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
@@ -283,11 +345,16 @@ class PerTaskEvalTrainer(Trainer):
         self._add_task_losses(outputs["logits"], inputs["labels"], task_ids)
         return (loss, outputs) if return_outputs else loss
 
+    def _add_row_totals(self, sums, counts, task_ids) -> None:
+        """Each row's answer-token loss sum and count, added to its task."""
+        totals = torch.stack([sums.detach().double(), counts.double()], dim=1).cpu()
+        self._task_totals.index_add_(0, task_ids.cpu(), totals)
+
     def _add_task_losses(self, logits, labels, task_ids) -> None:
         """Each row's summed next-token loss over its answer tokens (HF's causal-LM shift:
-        position t predicts t+1; -100 is ignored), added to its task. Row by row and on the
-        answer positions only: a float copy of a whole batch's logits (150k-word vocabularies)
-        would cost gigabytes of GPU memory on top of HF's own."""
+        position t predicts t+1; -100 is ignored), added to its task, from the logits of HF's
+        own path (models outside PLAIN_LM_HEAD_TYPES). Row by row and on the answer positions
+        only: a float copy of a whole batch's logits would cost gigabytes more."""
         import torch
 
         totals = torch.zeros((labels.shape[0], 2), dtype=torch.float64)
@@ -302,10 +369,19 @@ class PerTaskEvalTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix="eval"):
+        # HF's own rule (Trainer.evaluation_loop): predictions are kept unless asked not to
+        loss_only = prediction_loss_only if prediction_loss_only is not None else self.args.prediction_loss_only
+        self._loss_only_evaluation = bool(loss_only)
+        try:
+            return self._evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                         metric_key_prefix)
+        finally:
+            self._loss_only_evaluation = False
+
+    def _evaluation_loop(self, dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix):
         if self.eval_collator is None:
             return super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
                                            metric_key_prefix)
-        import torch
 
         tasks = list(self.eval_collator.task_index)
         self._task_totals = torch.zeros((len(tasks), 2), dtype=torch.float64)

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 GB = 1e9  # decimal, as nvidia-smi and the guide's table count
 CUDA_CONTEXT_GB = 0.5  # CUDA runtime, cuBLAS / cuDNN workspaces: memory nvidia-smi shows that torch does not
 PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+# Answer positions whose logits an evaluation step holds at once (hf_trainer.answer_token_losses):
+# 256 x a 151936-token vocabulary = 0.39 GB of logits and loss tensors, less than a training
+# step of one 256-token row (12 bytes per vocabulary entry there, 10 here).
+EVAL_LOSS_CHUNK_TOKENS = 256
 
 
 # --------------------------------------------------------------------------- model shapes
@@ -151,7 +155,7 @@ class MemoryEstimate:
     lora_gb: float  # adapter weights, their gradients and the optimizer's state
     activations_gb: float  # what the backward pass keeps of the decoder layers
     logits_gb: float  # the training step's logits and cross-entropy tensors
-    eval_logits_gb: float  # the same in an evaluation step (no gradients, but a larger batch)
+    eval_logits_gb: float  # an evaluation step: its hidden states and one chunk's logits (no gradients)
     cuda_context_gb: float
 
     @property
@@ -212,6 +216,17 @@ def logits_bytes_per_token(shape: ModelShape, compute_bytes: int, training: bool
     return (compute_bytes + upcast + 4) * shape.vocab_size
 
 
+def eval_step_bytes(shape: ModelShape, compute_bytes: int, eval_tokens: int) -> float:
+    """An evaluation step (hf_trainer.answer_token_losses): a forward pass without gradients,
+    whose largest moment in a decoder layer holds per token the residual, the norm's output,
+    LoRA's dropout copy and the final hidden states (4 x hidden) and the MLP's gate, up, their
+    product and a LoRA B output (4 x intermediate); then lm_head and the cross-entropy over
+    EVAL_LOSS_CHUNK_TOKENS answer positions at a time (not the batch's logits)."""
+    hidden = eval_tokens * compute_bytes * (4 * shape.hidden_size + 4 * shape.intermediate_size)
+    chunk = min(eval_tokens, EVAL_LOSS_CHUNK_TOKENS) * logits_bytes_per_token(shape, compute_bytes, training=False)
+    return hidden + chunk
+
+
 def estimate_peak_memory_gb(shape: ModelShape, *, quantization: str = "none", precision: str = "fp16",
                             lora_r: int, target_modules, batch_size: int, seq_len: int,
                             gradient_checkpointing: bool = True, optim: str = "adamw_torch",
@@ -234,7 +249,7 @@ def estimate_peak_memory_gb(shape: ModelShape, *, quantization: str = "none", pr
     else:
         activations = tokens * shape.num_layers * per_layer
     logits = tokens * logits_bytes_per_token(shape, compute_bytes, training=True)
-    eval_logits = eval_batch_size * seq_len * logits_bytes_per_token(shape, compute_bytes, training=False)
+    eval_logits = eval_step_bytes(shape, compute_bytes, eval_batch_size * seq_len) if eval_batch_size > 0 else 0.0
     return MemoryEstimate(weights / GB, lora / GB, activations / GB, logits / GB, eval_logits / GB,
                           CUDA_CONTEXT_GB if on_gpu else 0.0)
 

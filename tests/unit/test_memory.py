@@ -59,8 +59,25 @@ def test_checkpointing_quantization_and_an_8bit_optimizer_each_save_memory():
     assert total(gradient_checkpointing=False).activations_gb > 5 * base.activations_gb
     assert total(quantization="4bit").weights_gb < total(quantization="8bit").weights_gb < base.weights_gb
     assert total(optim="paged_adamw_8bit").lora_gb < base.lora_gb
-    # an evaluation batch of 8 full rows outweighs a training step of 2
-    assert total(eval_batch_size=8).total_gb > base.total_gb
+    # an evaluation batch of 8 full rows holds one chunk of logits, not 8 x 768 positions' worth
+    evaluated = total(eval_batch_size=8)
+    assert evaluated.total_gb == base.total_gb
+    assert 0 < evaluated.eval_logits_gb < 0.5 * (base.activations_gb + base.logits_gb)
+
+
+@pytest.mark.parametrize("preset", ["smoke", "balanced", "quality"])
+def test_evaluation_is_never_the_peak_of_a_presets_t4_trial(preset):
+    """hf_trainer.answer_token_losses: lm_head on EVAL_LOSS_CHUNK_TOKENS answer positions at a
+    time, so an eval batch of 8 costs less than the smallest training step of the search."""
+    config = load_config(preset, ["resources.accelerator_type=T4", "resources.gpus_per_trial=1"])
+    from lexiray.memory import plan_trials
+
+    for trial in plan_trials(config, 16):
+        estimate = trial.estimate
+        assert estimate.eval_logits_gb <= estimate.activations_gb + estimate.logits_gb
+        # the logits of one chunk: 256 positions x vocabulary x (16-bit logits + fp32 copy + log-softmax)
+        shape = model_shape(trial.config.model.name)
+        assert estimate.eval_logits_gb >= 256 * shape.vocab_size * 10 / 1e9
 
 
 def test_published_parameter_counts():
