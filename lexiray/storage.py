@@ -382,8 +382,10 @@ def fill_checkpoint_path(result: dict, trial_path: str) -> dict:
     """`checkpoint_path`: where a result's checkpoint is. Ray Train's runs (multi-worker
     trials) put it in the result; Tune (trials that train in their actor) names only the
     folder inside the trial's, `checkpoint_dir_name`."""
-    name = result.get("checkpoint_dir_name")
-    if not result.get("checkpoint_path") and isinstance(name, str) and name:
+    name, path = result.get("checkpoint_dir_name"), result.get("checkpoint_path")
+    # Not a string: absent, or NaN where Tune's results table mixes rows that carry the key
+    # (results replayed after a restore) with rows that do not.
+    if not (isinstance(path, str) and path) and isinstance(name, str) and name:
         result["checkpoint_path"] = join(trial_path, name)
     return result
 

@@ -109,3 +109,16 @@ def test_pareto_front_keeps_only_undominated_trials():
     assert [name for _, _, name in front] == ["fastest", "fast-good", "slow-best"]
     memory = [(100.0, 2.0, "small"), (200.0, 1.0, "big-best"), (150.0, 2.5, "dominated")]
     assert [name for _, _, name in pareto_front(memory, higher_x_is_better=False)] == ["small", "big-best"]
+
+
+def test_a_checkpoint_path_missing_or_nan_is_filled_from_the_checkpoint_folder():
+    """Tune's results table has NaN where some rows carry `checkpoint_path` (results replayed
+    after a restore) and others only `checkpoint_dir_name`: NaN is not a path."""
+    from lexiray.storage import fill_checkpoint_path
+
+    filled = fill_checkpoint_path({"checkpoint_dir_name": "checkpoint_000001", "checkpoint_path": float("nan")},
+                                  "/x/trial_a")
+    assert filled["checkpoint_path"] == "/x/trial_a/checkpoint_000001"
+    assert fill_checkpoint_path({"checkpoint_dir_name": "c"}, "/x")["checkpoint_path"] == "/x/c"
+    kept = fill_checkpoint_path({"checkpoint_dir_name": "c", "checkpoint_path": "/train/run/c"}, "/x")
+    assert kept["checkpoint_path"] == "/train/run/c"
