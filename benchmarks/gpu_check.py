@@ -97,24 +97,23 @@ def part_tests(scratch: Path, budget: float) -> dict:
     return {"exit_code": code, "pytest": summary, "output_tail": tail[-1500:]}
 
 
-def part_gpu_step(scratch: Path, budget: float) -> dict:
-    figures = scratch / "gpu_step.json"
-    code, tail = run_part_process([sys.executable, "benchmarks/gpu_step.py", "--steps", "10", "--warmup", "3",
-                                   "--json", str(figures)], budget)
+def _benchmark_with_json(script: str, options: list[str], figures: Path, budget: float) -> dict:
+    """A benchmark script that writes its figures to `--json FILE`: its exit code, output
+    tail and figures."""
+    code, tail = run_part_process([sys.executable, script, *options, "--json", str(figures)], budget)
     result = {"exit_code": code, "output_tail": tail[-1500:]}
     if figures.exists():
         result.update(json.loads(figures.read_text()))
     return result
+
+
+def part_gpu_step(scratch: Path, budget: float) -> dict:
+    return _benchmark_with_json("benchmarks/gpu_step.py", ["--steps", "10", "--warmup", "3"],
+                                scratch / "gpu_step.json", budget)
 
 
 def part_packing(scratch: Path, budget: float) -> dict:
-    figures = scratch / "packing.json"
-    code, tail = run_part_process([sys.executable, "benchmarks/packing.py", "--gpu", "--rounds", "2",
-                                   "--json", str(figures)], budget)
-    result = {"exit_code": code, "output_tail": tail[-1500:]}
-    if figures.exists():
-        result.update(json.loads(figures.read_text()))
-    return result
+    return _benchmark_with_json("benchmarks/packing.py", ["--gpu", "--rounds", "2"], scratch / "packing.json", budget)
 
 
 def part_tune(scratch: Path, budget: float) -> dict:
