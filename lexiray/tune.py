@@ -263,7 +263,9 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
     data = _share_data(prepared)
     concurrency = config.tune.max_concurrent_trials or default_concurrency(config)
     storage.write_experiment_config(layout, config, max_t, grace, concurrency)
-    console.print(f"experiment {layout.root}: {config.tune.num_samples} trials, {concurrency} at a time, "
+    # Tune runs num_samples trials per point of the grid dimensions (choices are sampled)
+    grid = math.prod(len(dimension.args) for dimension in config.search_space.dimensions if dimension.kind == "grid")
+    console.print(f"experiment {layout.root}: {config.tune.num_samples * grid} trials, {concurrency} at a time, "
                   f"{config.tune.scheduler.upper()} over {max_t} steps (first rung {grace}, "
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
     if layout.tensorboard_dir:

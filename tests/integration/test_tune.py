@@ -60,6 +60,7 @@ def test_tune_with_asha(asha):
     assert f"tensorboard --logdir {root / 'tensorboard'}" in out
     assert out.count(f"tensorboard --logdir {root / 'tensorboard'}") == 2  # at the start and the end
     assert "best adapter:" in out and "leaderboard" in out
+    assert f"experiment {root}: 6 trials, 2 at a time" in out  # 1 sample x 6 grid points
 
     rows = _leaderboard(root)
     assert len(rows) == 6
