@@ -380,26 +380,26 @@ def export_train_output(run: TrainRunLayout, destination: str | None, merge: boo
             raise LexirayError(f"{run.output} is a `lexiray train` output and holds its adapter already: give "
                                "--output to copy it elsewhere, or --merge -o DIR for a merged model")
         destination = str(run.output / "merged")
-    metrics = json.loads(run.metrics_file.read_text())
-    adapter_dir = str(Path(destination) / "adapter") if merge else destination
-    names = [p.name for p in run.output.iterdir() if p.is_file()]
-    with tempfile.TemporaryDirectory() as staging:
-        for name in names:
-            shutil.copy2(run.output / name, Path(staging) / name)
-        if not merge and storage.is_uri(destination):
+    if merge and storage.is_uri(destination):
+        raise LexirayError("export --merge of a `lexiray train` output: give a local --output folder")
+    # The adapter, tokenizer, config and metrics: the folder's files, not its ray/, data/, tensorboard/.
+    files = [path for path in run.output.iterdir() if path.is_file()]
+    if storage.is_uri(destination):
+        with tempfile.TemporaryDirectory() as staging:
+            for path in files:
+                shutil.copy2(path, Path(staging) / path.name)
             storage.upload_folder(Path(staging), destination)
-            return destination
-        if not merge:
-            shutil.copytree(staging, destination, dirs_exist_ok=True)
-            return destination
-        if storage.is_uri(destination):
-            raise LexirayError("export --merge of a `lexiray train` output: give a local --output folder")
-        shutil.copytree(staging, adapter_dir, dirs_exist_ok=True)
-    from lexiray.model import merge_adapter
+        return destination
+    adapter_dir = Path(destination) / "adapter" if merge else Path(destination)
+    adapter_dir.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        shutil.copy2(path, adapter_dir / path.name)
+    if merge:
+        from lexiray.model import merge_adapter
 
-    # the dtype the worker trained in, as for a tuning trial
-    precision = (metrics.get("final") or {}).get("precision") or "fp32"
-    merge_adapter(adapter_dir, destination, config.model, precision)
+        # the dtype the worker trained in, as for a tuning trial
+        final = json.loads(run.metrics_file.read_text()).get("final") or {}
+        merge_adapter(str(adapter_dir), destination, config.model, final.get("precision") or "fp32")
     return destination
 
 
