@@ -239,20 +239,20 @@ def cell(value, fmt: str = "") -> str:
     return format(value, fmt) if fmt and is_number(value) else str(value)
 
 
-def oom_cell(row: LeaderboardRow, view: str = TERMINAL) -> str:
-    """"-", or the OOM back-off rungs a trial took and what it finally ran with."""
-    retries, ran_with = row.value("oom_retries"), row.value("ran_with")
-    if not retries:
-        return "-"
-    return f"{retries}: {ran_with}" if ran_with else str(retries)
+def _back_off_cell(retries_key: str, ran_key: str) -> Callable[..., str]:
+    """A back-off ladder's cell: "-", or the rungs a trial took and what it finally ran with."""
+
+    def render(row: LeaderboardRow, view: str = TERMINAL) -> str:
+        retries, ran = row.value(retries_key), row.value(ran_key)
+        if not retries:
+            return "-"
+        return f"{retries}: {ran}" if ran else str(retries)
+
+    return render
 
 
-def precision_cell(row: LeaderboardRow, view: str = TERMINAL) -> str:
-    """"-", or the precision back-off rungs a trial took and the precision it finally ran with."""
-    retries, ran = row.value("precision_retries"), row.value("ran_precision")
-    if not retries:
-        return "-"
-    return f"{retries}: {ran}" if ran else str(retries)
+oom_cell = _back_off_cell("oom_retries", "ran_with")  # lexiray.oom's rungs
+precision_cell = _back_off_cell("precision_retries", "ran_precision")  # lexiray.precision's rungs
 
 
 def _status_cell(row: LeaderboardRow, view: str) -> str:
