@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -22,7 +21,7 @@ from lexiray import plots, storage
 from lexiray.config import ExperimentConfig
 from lexiray.errors import LexirayError
 from lexiray.results import (CSV, HPARAM_COLUMNS, HPARAMS, REPORT, TERMINAL, LeaderboardRow, TrialReport, as_rows,
-                             cell, table)
+                             cell, is_number, table)
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout, TuningRun
 
@@ -61,22 +60,18 @@ def collect_trials(layout: ExperimentLayout) -> list[TrialRecord]:
     return records
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
 def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | None) -> LeaderboardRow:
     """A trial's row: its best report by `metric`, how far it got, and its settings."""
     reports = [TrialReport.from_result(report) for report in record.reports]
-    scored = [r for r in reports if _is_number(r.get(metric))]
+    scored = [r for r in reports if is_number(r.get(metric))]
     best = (min if mode == "min" else max)(scored, key=lambda r: r.get(metric)) if scored else TrialReport()
     last = reports[-1] if reports else TrialReport()
     # The untrained model's loss rides on every report of the attempt that evaluated it; a
     # trial restarted from a checkpoint reports without it after the restart.
-    at_start = next((r.eval_loss_at_start for r in reports if _is_number(r.eval_loss_at_start)), None)
+    at_start = next((r.eval_loss_at_start for r in reports if is_number(r.eval_loss_at_start)), None)
     last = replace(last, eval_loss_at_start=at_start)
     total = max_t if last.total_steps is None else last.total_steps
-    total = int(total) if _is_number(total) else None
+    total = int(total) if is_number(total) else None
     steps = int(max((r.step or 0) for r in reports)) if reports else 0
     if record.tune_status == "ERROR":
         status = "ERROR"
@@ -91,9 +86,9 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
     else:
         status = record.tune_status
     config = record.config
-    evaluated = [r for r in reports if _is_number(r.eval_loss)]
+    evaluated = [r for r in reports if is_number(r.eval_loss)]
     # The best checkpoint's loss on each task (the same evaluation as its eval_loss).
-    best = replace(best, task_losses={task: loss for task, loss in best.task_losses.items() if _is_number(loss)})
+    best = replace(best, task_losses={task: loss for task, loss in best.task_losses.items() if is_number(loss)})
     return LeaderboardRow(
         trial_id=record.trial_id,
         status=status,
@@ -157,7 +152,7 @@ def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
     settings = []
     for dimension in config.search_space.dimensions:
         kind, args = dimension.kind, dimension.args
-        numbers = [value for value in args if _is_number(value)]
+        numbers = [value for value in args if is_number(value)]
         wide = dimension.is_finite and len(numbers) == len(args) and min(numbers) > 0 \
             and max(numbers) / min(numbers) >= 100
         settings.append(plots.Setting(dimension.key, dimension.key, log=kind == "loguniform" or wide))
@@ -201,7 +196,7 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
     lines = [f"# {layout.name}", "",
              f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored), "
              f"{summary['total_steps_trained']} training steps; ranked by {metric} ({summary['mode']})."
-             + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if _is_number(best.get(metric))
+             + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if is_number(best.get(metric))
                 else ""), "",
              "## Leaderboard", "", leaderboard_markdown(rows, metric), "",
              f"TensorBoard (curves and the HParams dashboard): `tensorboard --logdir {layout.tensorboard_dir}`", ""]
@@ -234,7 +229,7 @@ def session_metrics(row: LeaderboardRow) -> dict[str, float]:
     """A trial's summary numbers, logged as `hparams/<name>` scalars in its run."""
     metrics = {name: value(row) for name, value in table(HPARAMS, row.metric, list(row.task_losses))}
     metrics = {name: float(value) if isinstance(value, bool) else value for name, value in metrics.items()}
-    return {f"hparams/{name}": float(value) for name, value in metrics.items() if _is_number(value)}
+    return {f"hparams/{name}": float(value) for name, value in metrics.items() if is_number(value)}
 
 
 def _hparam_domain(values: list):
@@ -308,7 +303,7 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "leaderboard": [r.as_dict() for r in rows],
         "tensorboard": layout.tensorboard_dir,
         "eval_loss_at_start": next((row.last.eval_loss_at_start for row in rows
-                                    if _is_number(row.last.eval_loss_at_start)), None),
+                                    if is_number(row.last.eval_loss_at_start)), None),
         "hparams_sessions": write_hparams(layout, rows),
     }
     if config.report.plots and rows:
