@@ -309,14 +309,14 @@ def train_worker(settings: WorkerSettings) -> None:
                 with resume_source(checkpoint, output_dir, ladder) as resume_dir:
                     found = fit_attempt(settings, ladder, hardware, precisions, train_set, eval_set, output_dir,
                                         resume_dir)
-                if found is None:
-                    return
             except Exception as error:
                 if not is_out_of_memory(error) or config.resources.num_workers > 1:
                     raise
                 message = str(error).strip().splitlines()[0]
-                found = None
-            if found is not None:  # non-finite: the stop came before its state was saved
+            else:
+                if found is None:  # finished (or stopped when asked)
+                    return
+                # non-finite: the stop came before its state was saved
                 free_memory()
                 if precisions.back_off(found) is None:
                     report_divergence(settings, ladder, precisions, found)
