@@ -17,6 +17,11 @@ train a different number of steps from run to run and their wall times move with
 Each tuner's seconds per trained step (wall / steps, median over its runs) is printed beside
 its wall time: lexiray's against the bare Ray Tune + ASHA peer's (hf-ray-asha) is the
 overhead lexiray adds per step, whatever ASHA decided.
+
+The two ASHA tuners are timed alike: each is a command run in a fresh Python process, from
+its launch to its exit (imports, tokenizing, Ray's start and shutdown included), the way a
+user runs either. (Timed inside this process, the peer would skip the imports this process
+had already done, and lexiray would not.)
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -129,7 +136,8 @@ def _hf_ray_trial(sample: dict, base_raw: dict, train_set, eval_set) -> None:
 def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float, float, int]:
     """Ray Tune + ASHA around a plain HF Trainer, one new process per trial: what
     `Trainer.hyperparameter_search(backend="ray")` does. (That method itself fails in
-    transformers 5.24 with Ray 2.60: it pickles the Trainer, which holds a weakref.)"""
+    transformers 5.24 with Ray 2.60: it pickles the Trainer, which holds a weakref.)
+    Returns (best eval_loss, steps trained); the caller times it from its process's launch."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -137,7 +145,6 @@ def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float,
     from lexiray.data import prepare_data
     from lexiray.model import load_tokenizer
 
-    started = time.time()
     prepared = prepare_data(base.data, load_tokenizer(base.model))  # once, as HF's backend does
     trainable = tune.with_parameters(_hf_ray_trial, base_raw=base.model_dump(mode="json"),
                                      train_set=prepared.train.select_columns(["input_ids", "labels"]),
@@ -158,8 +165,20 @@ def run_hf_ray_asha(base, scratch: Path, steps: int, every: int) -> tuple[float,
         steps = sum(int(result.metrics_dataframe["step"].max()) for result in grid)
     finally:
         ray.shutdown()
-    print(f"hf-ray-asha trained {steps} steps")
-    return time.time() - started, float(loss), steps
+    return float(loss), steps
+
+
+def run_peer_process(config_path: Path, scratch: Path, steps: int, every: int) -> tuple[float, float, int]:
+    """hf-ray-asha as its own command (this script with --peer), timed from launch to exit
+    like `lexiray tune`. Returns (wall s, best eval_loss, steps trained)."""
+    started = time.time()
+    done = subprocess.run([sys.executable, __file__, "--peer", str(config_path), "--peer-scratch", str(scratch),
+                           "--steps", str(steps), "--every", str(every)],
+                          check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    wall = time.time() - started
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"hf-ray-asha trained {result['steps']} steps", flush=True)
+    return wall, result["eval_loss"], result["steps"]
 
 
 def main() -> None:
@@ -167,7 +186,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the two ASHA tuners (median wall time)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["plain", "hf-optuna", "hf-ray-asha"])
+    parser.add_argument("--peer", type=Path, help=argparse.SUPPRESS)  # the hf-ray-asha process: its config
+    parser.add_argument("--peer-scratch", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--every", type=int, help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.peer:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        loss, steps = run_hf_ray_asha(load_config(options.peer), options.peer_scratch, options.steps, options.every)
+        print(json.dumps({"eval_loss": loss, "steps": steps}))
+        return
     every = max(1, options.steps // 12)
     changes = {"training.max_steps": options.steps, "training.save_steps": every, "training.eval_steps": every,
                "training.logging_steps": every, "tune.num_samples": 1, "tune.reduction_factor": REDUCTION_FACTOR}
@@ -195,7 +222,7 @@ def main() -> None:
                   f"({summary['stopped_early']} trials stopped early)", flush=True)
             if "hf-ray-asha" not in options.skip:
                 runs.setdefault("hf-ray-asha", []).append(
-                    run_hf_ray_asha(base, scratch / f"r{repeat}", options.steps, every))
+                    run_peer_process(path, scratch / f"r{repeat}", options.steps, every))
     configs = len(LEARNING_RATES) * len(RANKS)
     best_of_all = runs["plain"][0][1] if "plain" in runs else min(loss for r in runs.values() for _, loss, _ in r)
     print(f"{configs} configs x {options.steps} steps, evaluation every {every} steps; "
