@@ -1,0 +1,59 @@
+"""`lexiray tune --budget` on a real local Ray Tune run of the tiny model: every trial is priced
+(resources.price_per_hour), and the budget stops starting trials before num_samples."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import check_no_ray_leftovers, run_cli
+
+pytestmark = pytest.mark.slow
+
+# $0.36 a worker-hour: a trial costs $0.0001 a second. Two trials start at once (before any
+# trial has a cost); each takes well over 5 s on any machine (start-up, 8 steps, 2 evaluations),
+# so the two together cost more than the $0.001 budget and no third trial starts.
+PRICED_TUNE = [
+    "--num-samples", "6", "--max-concurrent", "2", "--budget", "0.001",
+    "--set", "resources.price_per_hour=0.36",
+    "--set", "tune.scheduler=fifo",
+    "--set", "data.max_rows=120",
+    "--set", "training.max_steps=8", "--set", "training.save_steps=4", "--set", "training.eval_steps=4",
+]
+
+
+def test_budget_stops_starting_trials_and_every_trial_is_priced(tmp_path):
+    try:
+        result = run_cli(["tune", *PRICED_TUNE, "--storage-path", str(tmp_path / "results"), "--name", "priced"],
+                         cwd=tmp_path, check=True, timeout=300)
+    finally:
+        check_no_ray_leftovers()
+    out, root = result.stdout, tmp_path / "results" / "priced"
+    assert "price $0.3600 per worker-hour" in out and "budget $0.0010" in out
+
+    with (root / "leaderboard.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert 2 <= len(rows) < 6, out  # fewer trials than num_samples
+    for row in rows:
+        cost = float(row["cost_usd"])
+        # its seconds at $0.0001 each: at least its training, at most the whole run
+        assert 0.0005 < cost < 0.03, row
+        assert float(row["projected_cost_usd"]) >= cost * 0.8, row  # a finished trial: its own cost, about
+        assert float(row["projected_wall_s"]) > 0, row
+
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["cost_usd"] == pytest.approx(sum(float(row["cost_usd"]) for row in rows))
+    assert summary["cost_usd"] >= 0.001
+    assert summary["projected_cost_usd"] > summary["cost_usd"]  # all 6 planned trials, not only those started
+    budget = summary["budget"]
+    assert budget["stopped_new_trials"] is True and budget["trials_started"] == len(rows)
+    assert budget["trials_planned"] == 6 and budget["budget_usd"] == 0.001
+    assert budget["spent_at_stop_usd"] + budget["committed_at_stop_usd"] >= 0.001
+    # the closing line, the terminal's $ column and the report's
+    assert f"budget $0.0010 reached: stopped starting trials after {len(rows)} of 6" in out, out
+    assert f"cost: ${summary['cost_usd']:.4f} spent" in out
+    readme = (root / "report" / "README.md").read_text()
+    assert "| $ |" in readme and "proj. $" in readme and "stopped starting trials" in readme
+    assert "against the trial's cost" in readme
