@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 import ray
 from ray import tune
-from ray.tune.search import BasicVariantGenerator, Searcher
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 
 from lexiray import ray_seam, storage
 from lexiray.channel import start_mailbox
@@ -152,7 +152,6 @@ class BudgetLimiter(Searcher):
 def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetLedger | None = None):
     """tune.search_alg's algorithm, running at most `concurrency` trials at a time, and
     starting none while `ledger`'s budget is reached (tune.budget_usd)."""
-
     if config.tune.search_alg == "optuna":
         try:
             import optuna  # noqa: F401

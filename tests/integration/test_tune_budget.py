@@ -31,6 +31,7 @@ def test_budget_stops_starting_trials_and_every_trial_is_priced(tmp_path):
     finally:
         check_no_ray_leftovers()
     out, root = result.stdout, tmp_path / "results" / "priced"
+    print(out[-4000:])  # the leaderboard and closing lines, for the record (pytest -rA)
     assert "price $0.3600 per worker-hour" in out and "budget $0.0010" in out
 
     with (root / "leaderboard.csv").open() as handle:

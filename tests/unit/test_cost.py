@@ -206,3 +206,46 @@ def test_plan_prices_a_configuration_with_a_projected_wall_time():
     assert cost == pytest.approx((wall[0] / 3600 * 0.526, wall[1] / 3600 * 0.526))
     unpriced = load_config("balanced", ["resources.accelerator_type=T4", "resources.gpus_per_trial=1"])
     assert projected_cost_usd(unpriced, shape, train_rows=450) is None
+
+
+# --------------------------------------------------------------------------- the search algorithms
+
+
+def test_a_budget_wraps_each_search_algorithm_and_keeps_its_samples():
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    from lexiray.tune import BudgetedVariantGenerator, BudgetLimiter, budget_ledger, search_algorithm
+
+    priced = ["resources.price_per_hour=0.36", "tune.budget_usd=1", "tune.num_samples=5", "search.lora.r={grid: [4, 8]}"]
+    config = load_config("smoke", priced)
+    ledger = budget_ledger(config)
+    assert ledger.budget_usd == 1.0 and ledger.planned == 10  # 5 samples x 2 grid points
+    random = search_algorithm(config, 2, ledger)
+    assert isinstance(random, BudgetedVariantGenerator) and isinstance(random, BasicVariantGenerator)
+    assert random.max_concurrent == 2 and random.ledger is ledger
+    assert budget_ledger(load_config("smoke")) is None
+    assert type(search_algorithm(load_config("smoke"), 2)) is BasicVariantGenerator  # no budget: as before
+    optuna = search_algorithm(load_config("smoke", [*priced[:3], "tune.search_alg=optuna"]), 2, BudgetLedger(1.0))
+    assert isinstance(optuna, BudgetLimiter) and isinstance(optuna.searcher, ConcurrencyLimiter)
+
+
+def test_the_budget_limiter_waits_then_finishes_optunas_search():
+    from ray.tune.search import Searcher
+
+    from lexiray.space import build_param_space
+    from lexiray.tune import search_algorithm
+
+    config = load_config("smoke", ["resources.price_per_hour=0.36", "tune.budget_usd=1", "tune.search_alg=optuna"])
+    ledger = BudgetLedger(1.0, planned=8)
+    searcher = search_algorithm(config, 2, ledger)
+    searcher.set_search_properties(config.tune.metric, config.tune.mode, build_param_space(config))
+    first, second = searcher.suggest("t1"), searcher.suggest("t2")
+    assert isinstance(first, dict) and isinstance(second, dict) and ledger.started == 2
+    searcher.on_trial_result("t1", {"eval_loss": 3.0, "step": 6, "training_iteration": 1, "cost_usd": 0.3, "projected_cost_usd": 0.6})
+    searcher.on_trial_result("t2", {"eval_loss": 3.1, "step": 6, "training_iteration": 1, "cost_usd": 0.3, "projected_cost_usd": 0.6})
+    assert searcher.suggest("t3") is None  # spent 0.6 + committed 0.6: wait while both run
+    searcher.on_trial_complete("t1", {"eval_loss": 2.0, "step": 36, "training_iteration": 6, "cost_usd": 0.6})
+    assert searcher.suggest("t3") is None  # spent 0.9 + committed 0.3
+    searcher.on_trial_complete("t2", {"eval_loss": 2.5, "step": 36, "training_iteration": 6, "cost_usd": 0.6})
+    assert searcher.suggest("t3") == Searcher.FINISHED  # spent 1.2, nothing runs: the search ends
+    assert ledger.stopped and ledger.started == 2
