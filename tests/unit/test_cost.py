@@ -249,3 +249,16 @@ def test_the_budget_limiter_waits_then_finishes_optunas_search():
     searcher.on_trial_complete("t2", {"eval_loss": 2.5, "step": 36, "training_iteration": 6, "cost_usd": 0.6})
     assert searcher.suggest("t3") == Searcher.FINISHED  # spent 1.2, nothing runs: the search ends
     assert ledger.stopped and ledger.started == 2
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "5"], "tune.budget_usd (--budget) needs resources.price_per_hour"),
+    (["--budget", "five", "--set", "resources.price_per_hour=1"], "--budget 'five': expected an amount in USD"),
+])
+def test_lexiray_tune_refuses_a_bad_budget_on_one_line_before_ray_starts(tmp_path, args, message):
+    from tests.conftest import run_cli
+
+    result = run_cli(["tune", "-c", "smoke", *args, "--storage-path", str(tmp_path / "results")], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
+    assert not (tmp_path / "results").exists()
