@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lexiray.config import ResourceSettings
+import math
+
+from lexiray.config import ExperimentConfig, ResourceSettings
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -33,6 +35,12 @@ def hourly_rate(resources: ResourceSettings) -> float | None:
         return None
     units = resources.gpus_per_trial if resources.gpus_per_trial > 0 else 1.0  # a CPU trial: per worker
     return resources.price_per_hour * units * resources.num_workers
+
+
+def planned_trials(config: ExperimentConfig) -> int:
+    """Trials the search starts: num_samples per point of the grid dimensions (choices are sampled)."""
+    return config.tune.num_samples * math.prod(len(dimension.args) for dimension in config.search_space.dimensions
+                                               if dimension.kind == "grid")
 
 
 def usd(seconds: float, hourly: float) -> float:

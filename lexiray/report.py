@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from lexiray import plots, storage
 from lexiray.config import ExperimentConfig
-from lexiray.cost import money
+from lexiray.cost import money, planned_trials
 from lexiray.errors import LexirayError
 from lexiray.results import (CSV, HPARAM_COLUMNS, HPARAMS, REPORT, TERMINAL, LeaderboardRow, TrialReport, as_rows,
                              cell, is_number, table)
@@ -303,8 +302,7 @@ def run_cost(rows: list[LeaderboardRow], config: ExperimentConfig) -> dict:
         return {"cost_usd": None, "projected_cost_usd": None, "price_per_hour": config.resources.price_per_hour}
     full = [row.value("cost_usd") if row.status == "DONE" else row.value("projected_cost_usd") for row in rows]
     full = [value for value in full if is_number(value)]
-    planned = max(len(rows), config.tune.num_samples * math.prod(
-        len(dimension.args) for dimension in config.search_space.dimensions if dimension.kind == "grid"))
+    planned = max(len(rows), planned_trials(config))
     return {"cost_usd": sum(costs), "projected_cost_usd": sum(full) / len(full) * planned if full else None,
             "price_per_hour": config.resources.price_per_hour}
 

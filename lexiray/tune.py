@@ -24,7 +24,7 @@ from lexiray.channel import start_mailbox
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, check_shared_storage, default_concurrency, init_ray
 from lexiray.config import ExperimentConfig
-from lexiray.cost import BudgetLedger, hourly_rate, money, price_unit
+from lexiray.cost import BudgetLedger, hourly_rate, money, planned_trials, price_unit
 from lexiray.data import prepare_data
 from lexiray.errors import ConfigError, LexirayError
 from lexiray.model import check_bitsandbytes, check_precision, load_tokenizer
@@ -61,12 +61,6 @@ def check_schedule(config: ExperimentConfig, max_t: int) -> tuple[int, int]:
         raise ConfigError(f"tune.grace_period={grace} is not a multiple of training.eval_steps={every}: "
                           "ASHA's rungs would fall between evaluations")
     return max_t, grace
-
-
-def planned_trials(config: ExperimentConfig) -> int:
-    """Trials the search starts: num_samples per point of the grid dimensions (choices are sampled)."""
-    return config.tune.num_samples * math.prod(len(dimension.args) for dimension in config.search_space.dimensions
-                                               if dimension.kind == "grid")
 
 
 def budget_ledger(config: ExperimentConfig) -> BudgetLedger | None:
