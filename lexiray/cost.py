@@ -82,11 +82,13 @@ class BudgetLedger:
     started: int = 0
     final: bool = False  # refused with no trial running: the search is over
     stopped: bool = False  # ... and trials were left to start: the budget stopped new trials
-    at_stop: tuple[float, float] | None = None  # (spent, committed) when it last refused a trial
+    # (spent, committed) when it first refused a trial since the last start: where the budget was reached
+    at_stop: tuple[float, float] | None = None
 
     def start(self, trial_id: str) -> None:
         self.running.add(trial_id)
         self.started += 1
+        self.at_stop = None
 
     def record(self, trial_id: str, result: dict | None) -> None:
         """A trial's result: its cost so far and projected cost, where it carries them."""
@@ -125,7 +127,8 @@ class BudgetLedger:
             return False
         if not self.reached():
             return True
-        self.at_stop = (self.spent(), self.committed())
+        if self.at_stop is None:
+            self.at_stop = (self.spent(), self.committed())
         if not self.running:
             self.final = True
             # trials were left to start (else the search was over anyway)

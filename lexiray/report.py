@@ -318,9 +318,9 @@ def cost_line(summary: dict) -> str:
     budget = summary.get("budget")
     if budget:
         if budget.get("stopped_new_trials"):
-            line += (f"; budget {money(budget['budget_usd'])} reached: stopped starting trials after "
-                     f"{budget['trials_started']} of {budget['trials_planned']} (spent "
-                     f"{money(budget['spent_at_stop_usd'])} + committed {money(budget['committed_at_stop_usd'])})")
+            line += (f"; budget {money(budget['budget_usd'])} reached at {money(budget['spent_at_stop_usd'])} spent "
+                     f"+ {money(budget['committed_at_stop_usd'])} committed: stopped starting trials after "
+                     f"{budget['trials_started']} of {budget['trials_planned']}")
         else:
             line += f"; budget {money(budget['budget_usd'])}: every planned trial started"
     return line

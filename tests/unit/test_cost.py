@@ -96,10 +96,12 @@ def test_the_ledger_counts_spent_and_committed_and_waits_while_trials_run():
     ledger.record("b", {"cost_usd": 0.2, "projected_cost_usd": 0.6})
     assert ledger.spent() + ledger.committed() == pytest.approx(1.0)
     assert not ledger.may_start() and not ledger.final  # reached, but a and b run: wait
+    assert ledger.at_stop == pytest.approx((0.3, 0.7))
     ledger.finish("a", {"cost_usd": 0.15, "projected_cost_usd": 0.15})  # ASHA stopped it early
     assert ledger.spent() + ledger.committed() == pytest.approx(0.15 + 0.6)
     assert ledger.may_start()  # its end freed committed cost
     ledger.start("c")
+    assert ledger.at_stop is None  # it started one after all
     ledger.finish("b", {"cost_usd": 0.6})
     ledger.record("c", {"cost_usd": 0.3, "projected_cost_usd": 0.3})
     ledger.finish("c")
@@ -178,7 +180,7 @@ def test_the_run_cost_and_its_line():
               "spent_at_stop_usd": 0.003, "committed_at_stop_usd": 0.0}
     line = cost_line({**cost, "budget": budget})
     assert line.startswith("cost: $0.0030 spent; the full run (every planned trial to the end) projected at $0.0120")
-    assert "budget $0.0025 reached: stopped starting trials after 2 of 4 (spent $0.0030 + committed $0.0000)" in line
+    assert "budget $0.0025 reached at $0.0030 spent + $0.0000 committed: stopped starting trials after 2 of 4" in line
     assert run_cost([_row("a", 1.0)], config)["cost_usd"] is None and cost_line({"cost_usd": None}) == ""
 
 
