@@ -10,6 +10,8 @@ the best-adapter export come after, from `lexiray.report` (the CLI calls both).
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import signal
 import sys
 import time
@@ -99,6 +101,9 @@ class BudgetedVariantGenerator(BasicVariantGenerator):
         self.ledger.finish(trial_id, result)
 
 
+BUDGET_SUFFIX = ".budget.pkl"
+
+
 class BudgetLimiter(Searcher):
     """A Searcher (Optuna's, behind its ConcurrencyLimiter) that suggests nothing while the
     budget's spent plus committed cost has reached it, and FINISHED once no running trial can
@@ -136,11 +141,18 @@ class BudgetLimiter(Searcher):
     def set_state(self, state: dict) -> None:
         self.ledger = state["ledger"]
 
+    # Tune saves a Searcher's state through save/restore (the experiment's searcher checkpoint);
+    # the ledger goes beside the wrapped searcher's file, so a resumed run keeps what was spent.
     def save(self, checkpoint_path: str):
         self.searcher.save(checkpoint_path)
+        with open(checkpoint_path + BUDGET_SUFFIX, "wb") as handle:
+            pickle.dump(self.ledger, handle)
 
     def restore(self, checkpoint_path: str):
         self.searcher.restore(checkpoint_path)
+        if os.path.exists(checkpoint_path + BUDGET_SUFFIX):
+            with open(checkpoint_path + BUDGET_SUFFIX, "rb") as handle:
+                self.ledger = pickle.load(handle)  # noqa: S301 - the experiment's own file
 
 
 def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetLedger | None = None):

@@ -264,3 +264,18 @@ def test_lexiray_tune_refuses_a_bad_budget_on_one_line_before_ray_starts(tmp_pat
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_the_budget_limiter_saves_its_ledger_with_the_searcher(tmp_path):
+    from lexiray.space import build_param_space
+    from lexiray.tune import search_algorithm
+
+    config = load_config("smoke", ["resources.price_per_hour=0.36", "tune.budget_usd=1", "tune.search_alg=optuna"])
+    searcher = search_algorithm(config, 2, BudgetLedger(1.0, planned=8))
+    searcher.set_search_properties(config.tune.metric, config.tune.mode, build_param_space(config))
+    searcher.suggest("t1")
+    searcher.on_trial_complete("t1", {"eval_loss": 2.0, "training_iteration": 1, "cost_usd": 0.4})
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = search_algorithm(config, 2, BudgetLedger(1.0, planned=8))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.ledger.spent() == pytest.approx(0.4) and restored.ledger.started == 1
