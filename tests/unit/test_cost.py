@@ -279,3 +279,16 @@ def test_the_budget_limiter_saves_its_ledger_with_the_searcher(tmp_path):
     restored = search_algorithm(config, 2, BudgetLedger(1.0, planned=8))
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.ledger.spent() == pytest.approx(0.4) and restored.ledger.started == 1
+
+
+def test_a_retried_trial_is_paid_from_what_its_earlier_attempts_recorded(tmp_path):
+    from lexiray.storage import ExperimentLayout, append_history
+    from lexiray.trial import paid_before
+
+    layout = ExperimentLayout(str(tmp_path / "experiment"))
+    assert paid_before(layout, "t1") == 0.0  # a first attempt
+    for result in ({"step": 4, "paid_s": 30.0}, {"step": 8, "paid_s": 42.5}, {"step": 4, "paid_s": 12.0},
+                   {"step": 8, "diverged": "non-finite loss"}):  # a retry's first report, a report without one
+        append_history(layout, "t1", result)
+    assert paid_before(layout, "t1") == pytest.approx(42.5)
+    assert paid_before(layout, "t2") == 0.0
