@@ -55,9 +55,9 @@ def _parse_chaos(text: Optional[str]):
 
 def tune_overrides(set_: Optional[List[str]], num_samples: Optional[int] = None, max_concurrent: Optional[int] = None,
                    time_budget: Optional[str] = None, storage_path: Optional[str] = None,
-                   name: Optional[str] = None) -> list[str]:
+                   name: Optional[str] = None, budget: Optional[str] = None) -> list[str]:
     """`lexiray tune`'s shortcut options as the `--set` overrides they stand for."""
-    from lexiray.config import parse_duration
+    from lexiray.config import parse_duration, parse_usd
 
     overrides = list(set_ or [])
     for key, value in (("tune.num_samples", num_samples), ("tune.max_concurrent_trials", max_concurrent),
@@ -66,6 +66,8 @@ def tune_overrides(set_: Optional[List[str]], num_samples: Optional[int] = None,
             overrides.append(f"{key}={value}")
     if time_budget is not None:
         overrides.append(f"tune.time_budget_s={parse_duration(time_budget)}")
+    if budget is not None:  # without resources.price_per_hour the config refuses it, on one line
+        overrides.append(f"tune.budget_usd={parse_usd(budget)}")
     return overrides
 
 
@@ -110,6 +112,8 @@ def tune(
     num_samples: Optional[int] = typer.Option(None, "--num-samples", "-n", help="Trials to run"),
     max_concurrent: Optional[int] = typer.Option(None, "--max-concurrent", help="Trials at once"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Stop starting trials after e.g. 90m, 2h"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="USD: stop starting trials once spent + committed "
+                                         "cost reaches it (needs resources.price_per_hour)"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
     chaos: Optional[str] = typer.Option(None, "--chaos",
@@ -127,7 +131,7 @@ def tune(
 
     if resume_existing and overwrite:
         raise LexirayError("lexiray tune: --resume continues the experiment and --overwrite replaces it; give one")
-    overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name)
+    overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name, budget)
     settings = _load(config, overrides)
     existing = "resume" if resume_existing else "overwrite" if overwrite else "refuse"
     run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose,
@@ -170,7 +174,8 @@ def submit(
         raise LexirayError("lexiray submit: --address belongs before the tune options, and --chaos is for local "
                            "tests only")
     settings = _load(params["config"], tune_overrides(params["set_"], params["num_samples"], params["max_concurrent"],
-                                                      params["time_budget"], params["storage_path"], params["name"]))
+                                                      params["time_budget"], params["storage_path"], params["name"],
+                                                      params["budget"]))
     if "://" not in settings.tune.storage_path:
         console.print(f"note: tune.storage_path={settings.tune.storage_path} is a local folder: on a multi-node "
                       "cluster lexiray refuses it; use --storage-path s3://... or gs://...")
@@ -304,15 +309,28 @@ def plan(
     budget = memory.gpu_memory_budget_gb(settings)
     console.print(_budget_line(settings, budget), markup=False)
     width = max(len(trial.label) for trial in trials)
+    train_rows = _train_rows(settings)
+    priced = settings.resources.price_per_hour is not None
+    costs = []
     for trial in trials:
         estimate = trial.estimate
         verdict = "" if budget is None else ("  OVER BUDGET" if estimate.total_gb > budget else "  fits")
+        cost = ""
+        if priced:  # a full run of this configuration, at the guide's T4 throughput
+            projected = (memory.projected_cost_usd(trial.config, shape, train_rows)
+                         if isinstance(train_rows, int) else None)
+            costs.append(projected)
+            wall = memory.projected_wall_s(trial.config, shape, train_rows) if projected else None
+            cost = (f"  full run {_duration(wall[0])}–{_duration(wall[1])}, {_money_range(projected)}" if projected
+                    else "  full run: cost unknown (no T4 throughput for it in the guide's table)")
         console.print(f"  {trial.label:<{width}}  peak {estimate.total_gb:5.1f} GB  "
                       f"(weights {estimate.weights_gb:.1f}, LoRA {estimate.lora_gb:.2f}, "
                       f"train step {estimate.activations_gb + estimate.logits_gb:.1f} / "
-                      f"eval step {estimate.eval_logits_gb:.1f}, CUDA {estimate.cuda_context_gb:.1f}){verdict}",
+                      f"eval step {estimate.eval_logits_gb:.1f}, CUDA {estimate.cuda_context_gb:.1f}){verdict}{cost}",
                       markup=False)
-    console.print(_projection_line(settings, shape), markup=False)
+    console.print(_projection_line(settings, shape, train_rows), markup=False)
+    if priced:
+        console.print(_plan_cost_line(settings, costs), markup=False)
 
 
 def _budget_line(settings, budget: Optional[float]) -> str:
@@ -324,20 +342,50 @@ def _budget_line(settings, budget: Optional[float]) -> str:
             "resources.gpu_memory_gb, or e.g. --set resources.accelerator_type=T4")
 
 
-def _projection_line(settings, shape) -> str:
-    """A full run of the base config at the guide's T4 throughput, where it has a row for it."""
-    from lexiray import memory
+def _train_rows(settings) -> "int | str":
+    """The rows a full trial trains on (0 when max_steps fixes the samples), or why unknown."""
     from lexiray.data import load_records
 
+    if settings.training.max_steps > 0:
+        return 0  # not needed: max_steps fixes the samples
+    try:
+        rows = len(load_records(settings.data.path)[: settings.data.max_rows])
+    except LexirayError as error:
+        return str(error)
+    return rows if settings.data.eval_path else round(rows * (1 - settings.data.eval_fraction))
+
+
+def _money_range(low_high) -> str:
+    from lexiray.cost import money
+
+    return f"{money(low_high[0])}–{money(low_high[1])}"
+
+
+def _plan_cost_line(settings, costs: list) -> str:
+    """The configurations' projected costs summed: every one trained to the end (ASHA stops
+    most of them early, so the run costs less), with the price it assumes."""
+    from lexiray.cost import hourly_rate, money, price_unit
+
+    resources = settings.resources
+    price = (f"at {money(resources.price_per_hour)} per {price_unit(resources)} "
+             f"({money(hourly_rate(resources))} per trial-hour)")
+    known = [cost for cost in costs if cost]
+    if not known:
+        return f"projected cost: unknown (no projected wall time for any configuration) {price}"
+    low, high = sum(cost[0] for cost in known), sum(cost[1] for cost in known)
+    unknown = len(costs) - len(known)
+    return (f"projected cost of the {len(known)} configurations{' with a projection' if unknown else ''}, each "
+            f"trained to the end: {money(low)}–{money(high)} {price}"
+            + (f"; {unknown} unknown" if unknown else ""))
+
+
+def _projection_line(settings, shape, train_rows: "int | str") -> str:
+    """A full run of the base config at the guide's T4 throughput, where it has a row for it."""
+    from lexiray import memory
+
     training = settings.training
-    if training.max_steps > 0:
-        train_rows = 0  # not needed: max_steps fixes the samples
-    else:
-        try:
-            rows = len(load_records(settings.data.path)[: settings.data.max_rows])
-        except LexirayError as error:
-            return f"full run: unknown ({error})"
-        train_rows = rows if settings.data.eval_path else round(rows * (1 - settings.data.eval_fraction))
+    if not isinstance(train_rows, int):
+        return f"full run: unknown ({train_rows})"
     total = memory.full_run_samples(settings, train_rows)
     what = (f"{training.max_steps} steps x {training.effective_batch_size}" if training.max_steps > 0
             else f"{training.num_train_epochs:g} epochs of ~{train_rows} rows")
@@ -345,10 +393,11 @@ def _projection_line(settings, shape) -> str:
     if rate is None:
         return (f"full run of the base config ({what} = {total} samples): wall time unknown — the guide's "
                 "throughput table covers Qwen2.5-0.5B / 1.5B at seq 512 / 768 on a T4 only")
-    workers = settings.resources.num_workers  # ideal data-parallel scaling
-    slow, fast = (total / (rate[0] * workers), total / (rate[1] * workers))
-    return (f"full run of the base config ({what} = {total} samples): {_duration(fast)}–{_duration(slow)} "
+    fast, slow = memory.projected_wall_s(settings, shape, train_rows)
+    line = (f"full run of the base config ({what} = {total} samples): {_duration(fast)}–{_duration(slow)} "
             f"at {rate[0]:g}–{rate[1]:g} samples/s per T4 (the training guide's table)")
+    cost = memory.projected_cost_usd(settings, shape, train_rows)
+    return line + (f", {_money_range(cost)}" if cost else "")
 
 
 def _count(parameters: int) -> str:

@@ -145,6 +145,14 @@ class ResourceSettings(Section):
     # GPU memory one trial may use (GB): trials estimated over it are skipped, not trained.
     # None: its GPU's, from accelerator_type or the GPUs seen (lexiray.memory).
     gpu_memory_gb: float | None = Field(None, gt=0)
+    # What one hour costs, in USD (None: no `$` figure anywhere). What it is per (lexiray.cost):
+    # - GPU trials (gpus_per_trial > 0): per GPU-hour; a trial pays price x gpus_per_trial x
+    #   num_workers an hour. A T4 node with one GPU (g4dn.xlarge): its hourly price.
+    # - CPU trials: per worker-hour; a trial pays price x num_workers an hour. Which share of a
+    #   node a trial's cpus_per_trial hold is unknowable offline, so for trials that share a node
+    #   give the node's price divided by the trials it runs at once.
+    # The hours: the trial's wall time from its start, retries included (lexiray.cost).
+    price_per_hour: float | None = Field(None, gt=0)
 
 
 class TuneSettings(Section):
@@ -158,6 +166,9 @@ class TuneSettings(Section):
     reduction_factor: float = Field(3.0, gt=1)
     max_t: int | None = Field(None, gt=0)  # steps; None: derived from the epochs
     time_budget_s: float | None = Field(None, gt=0)
+    # USD (`--budget`): stop starting trials once the spent cost plus the running trials'
+    # committed cost reaches it (lexiray.cost.BudgetLedger); needs resources.price_per_hour.
+    budget_usd: float | None = Field(None, gt=0)
     max_failures: int = Field(2, ge=0)
     keep_checkpoints: int = Field(2, gt=0)
     storage_path: str = "lexiray_results"
@@ -188,6 +199,13 @@ class ExperimentConfig(Section):
     tune: TuneSettings = Field(default_factory=TuneSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     search: dict[str, Any] = Field(default_factory=dict)  # as written; read it through `search_space`
+
+    @model_validator(mode="after")
+    def _budget_needs_price(self) -> "ExperimentConfig":
+        if self.tune.budget_usd is not None and self.resources.price_per_hour is None:
+            raise ValueError("tune.budget_usd (--budget) needs resources.price_per_hour: set the price of a GPU-hour "
+                             "(CPU trials: of a worker-hour), e.g. --set resources.price_per_hour=0.526")
+        return self
 
     @property
     def search_space(self) -> "SearchSpace":
@@ -290,7 +308,8 @@ def _format_validation_error(error: ValidationError, source: str, lines: dict[st
     shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     more = len(error.errors()) - 1
     tail = f" [+{more} more problem{'s' if more > 1 else ''}]" if more else ""
-    return f"{source}: {key}: {message}{shown}{tail}"
+    where = f"{key}: " if key else ""  # a check across sections names its own fields
+    return f"{source}: {where}{message}{shown}{tail}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -382,6 +401,17 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
 
 def config_to_yaml(config: ExperimentConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def parse_usd(text: str) -> float:
+    """'25', '$25', '2.50' -> 25.0 (`--budget`)."""
+    try:
+        value = float(text.strip().lstrip("$"))
+    except ValueError:
+        raise ConfigError(f"--budget {text!r}: expected an amount in USD, e.g. 25 or 2.50") from None
+    if not value > 0 or math.isinf(value):
+        raise ConfigError(f"--budget {text!r}: must be more than 0")
+    return value
 
 
 def parse_duration(text: str) -> float:

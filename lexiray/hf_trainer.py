@@ -29,6 +29,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from lexiray.chaos import ChaosSpec, fire_once
 from lexiray.config import ExperimentConfig
+from lexiray.cost import usd
 from lexiray.data import PadCollator, PaddingFreeCollator
 from lexiray.errors import ConfigError
 from lexiray.memory import EVAL_LOSS_CHUNK_TOKENS, mfu
@@ -436,8 +437,11 @@ class ThroughputMeter(TrainerCallback):
 
     def __init__(self, started_at: float | None = None, clock: Callable[[], float] = time.perf_counter,
                  wall_clock: Callable[[], float] = time.time, flops_per_token: float | None = None,
-                 peak_flops: float | None = None):
+                 peak_flops: float | None = None, hourly_usd: float | None = None, paid_before_s: float = 0.0):
         self.started_at = started_at  # wall time the trial was launched, for startup_s
+        # lexiray.cost: the trial's price an hour (None: no cost reported), and the seconds its
+        # earlier attempts were paid for; this attempt is paid from started_at
+        self.hourly_usd, self.paid_before_s = hourly_usd, paid_before_s
         self.flops_per_token, self.peak_flops = flops_per_token, peak_flops  # per device
         self.clock, self.wall_clock = clock, wall_clock
         self.train_seconds = 0.0
@@ -486,6 +490,7 @@ class ThroughputMeter(TrainerCallback):
                  if steps > 1 and self.first_step_at is not None else None)
         rate = phase if phase is not None else steps / seconds
         started = self.started_at is not None and self.first_step_at is not None
+        now = self.wall_clock()
         return TrialReport(
             samples_per_second=samples / seconds,
             tokens_per_second=tokens / seconds,
@@ -502,8 +507,18 @@ class ThroughputMeter(TrainerCallback):
             mfu=mfu(tokens / seconds, self.flops_per_token, self.peak_flops * args.world_size)
             if self.flops_per_token and self.peak_flops else None,
             startup_s=self.first_step_at - self.started_at if started else None,
-            reported_at=self.wall_clock(),
-        )
+            reported_at=now,
+        ).merged(self.cost(state, now, rate if steps > 0 else None))
+
+    def cost(self, state, now: float, rate: float | None) -> TrialReport:
+        """The trial's cost so far (every attempt, from its start: lexiray.cost) and of its whole
+        run: the steps left at the rate so far (evaluations and saves included when measured)."""
+        if self.hourly_usd is None or self.started_at is None:
+            return TrialReport()
+        paid = self.paid_before_s + max(now - self.started_at, 0.0)
+        left = max(state.max_steps - state.global_step, 0) / rate if rate else None
+        return TrialReport(paid_s=paid, cost_usd=usd(paid, self.hourly_usd),
+                           projected_cost_usd=usd(paid + left, self.hourly_usd) if left is not None else None)
 
 
 class EvaluateAndSaveAtLastStep(TrainerCallback):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lexiray.config import ALL_PROJECTIONS, ExperimentConfig, apply_sample
+from lexiray.cost import hourly_rate, usd
 from lexiray.errors import LexirayError
 from lexiray.space import describe_sample
 from lexiray.tiny import TINY_SETTINGS, is_tiny
@@ -435,6 +436,24 @@ def expected_samples_per_second(config: ExperimentConfig, shape: ModelShape) -> 
         return None
     key = (shape, config.data.max_seq_length, config.training.per_device_train_batch_size)
     return GUIDE_T4_SAMPLES_PER_SECOND.get(key)
+
+
+def projected_wall_s(config: ExperimentConfig, shape: ModelShape, train_rows: int) -> tuple[float, float] | None:
+    """A full trial's training time (fastest, slowest) at the guide's T4 throughput, the
+    workers scaling ideally; None where the guide has no row for this configuration."""
+    rate = expected_samples_per_second(config, shape)
+    if rate is None:
+        return None
+    total, workers = full_run_samples(config, train_rows), config.resources.num_workers
+    return total / (rate[1] * workers), total / (rate[0] * workers)
+
+
+def projected_cost_usd(config: ExperimentConfig, shape: ModelShape, train_rows: int) -> tuple[float, float] | None:
+    """`projected_wall_s` priced (lexiray.cost); None without a price or a projection."""
+    hourly, wall = hourly_rate(config.resources), projected_wall_s(config, shape, train_rows)
+    if hourly is None or wall is None:
+        return None
+    return usd(wall[0], hourly), usd(wall[1], hourly)
 
 
 def full_run_samples(config: ExperimentConfig, train_rows: int) -> int:

@@ -157,13 +157,16 @@ def pareto_front(points: list[tuple[float, float, str]], higher_x_is_better: boo
 
 
 def quality_speed(rows: list[LeaderboardRow], metric: str) -> bytes:
-    """Best `metric` against samples/s (higher is better) and against peak memory (lower is
-    better); the Pareto front of each drawn as a step line through its named trials."""
+    """Best `metric` against samples/s (higher is better), against peak memory (lower is
+    better) and, when trials have a cost (resources.price_per_hour), against what each trial
+    cost (lower is better); the Pareto front of each drawn as a step line through its named trials."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.8))
-    panels = (("samples_per_second", "training samples / s (higher is better)", True),
-              ("peak_memory_mb", "peak memory, MB (lower is better)", False))
-    for axis, (key, label, higher) in zip(axes, panels):
+    panels = [("samples_per_second", "training samples / s (higher is better)", True),
+              ("peak_memory_mb", "peak memory, MB (lower is better)", False)]
+    if any(_number(row.value("cost_usd")) for row in rows):
+        panels.append(("cost_usd", "the trial's cost, USD (lower is better)", False))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
+    for axis, (key, label, higher) in zip(axes.flat, panels):
         points = [(row.value(key), row.score, row.trial_id) for row in rows
                   if _number(row.value(key)) and _number(row.score)]
         if points:
@@ -177,7 +180,8 @@ def quality_speed(rows: list[LeaderboardRow], metric: str) -> bytes:
         axis.set_xlabel(label)
         axis.set_ylabel(f"best {metric}")
         axis.grid(alpha=0.3)
-    figure.suptitle(f"quality / speed trade-off: the orange line is the Pareto front (named trials), "
+    what = "speed / cost" if len(panels) == 3 else "speed"
+    figure.suptitle(f"quality / {what} trade-off: the orange line is the Pareto front (named trials), "
                     f"grey points are dominated", fontsize=10)
     return _png(figure)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from ray.tune import Callback
 
+from lexiray.cost import money
 from lexiray.results import TrialReport
 from lexiray.space import describe_sample
 
@@ -16,6 +17,14 @@ def _console():
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
+
+
+def _cost(report: TrialReport) -> str:
+    """'  $0.0123 so far (full run $0.0400)' with a price (lexiray.cost), else ''."""
+    if report.cost_usd is None:
+        return ""
+    projected = f" (full run {money(report.projected_cost_usd)})" if report.projected_cost_usd is not None else ""
+    return f"  {money(report.cost_usd)} so far{projected}"
 
 
 class PrintTrialProgress(Callback):
@@ -44,7 +53,7 @@ class PrintTrialProgress(Callback):
         running = sum(1 for t in trials if t.status == "RUNNING")
         done = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR"))
         _console().print(f"[cyan]{trial.trial_id}[/] step {'?' if report.step is None else report.step}/{total}  "
-                         f"eval_loss {loss:.4f}{marker}   [dim]({running} running, {done} done)[/]")
+                         f"eval_loss {loss:.4f}{marker}{_cost(report)}   [dim]({running} running, {done} done)[/]")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = TrialReport.from_result(trial.last_result or {})
@@ -57,7 +66,7 @@ class PrintTrialProgress(Callback):
         step, total = last.step, self.max_t if last.total_steps is None else last.total_steps
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
         loss = float("nan") if last.eval_loss is None else last.eval_loss
-        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  eval_loss {loss:.4f}")
+        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  eval_loss {loss:.4f}{_cost(last)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         failures = getattr(trial, "num_failures", "?")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lexiray import plots, storage
 from lexiray.config import ExperimentConfig
+from lexiray.cost import money, planned_trials
 from lexiray.errors import LexirayError
 from lexiray.results import (CSV, HPARAM_COLUMNS, HPARAMS, REPORT, TERMINAL, LeaderboardRow, TrialReport, as_rows,
                              cell, is_number, table)
@@ -70,6 +71,12 @@ def leaderboard_row(record: TrialRecord, metric: str, mode: str, max_t: int | No
     # trial restarted from a checkpoint reports without it after the restart.
     at_start = next((r.eval_loss_at_start for r in reports if is_number(r.eval_loss_at_start)), None)
     last = replace(last, eval_loss_at_start=at_start)
+    # The cost: the newest report that carries one (a diverged trial's last report has none),
+    # and never less than an earlier attempt's (lexiray.cost)
+    costs = [r.cost_usd for r in reports if is_number(r.cost_usd)]
+    projected = [r.projected_cost_usd for r in reports if is_number(r.projected_cost_usd)]
+    if costs:
+        last = replace(last, cost_usd=max(costs), projected_cost_usd=projected[-1] if projected else None)
     total = max_t if last.total_steps is None else last.total_steps
     total = int(total) if is_number(total) else None
     steps = int(max((r.step or 0) for r in reports)) if reports else 0
@@ -159,9 +166,14 @@ def searched_settings(config: ExperimentConfig) -> list[plots.Setting]:
     return settings
 
 
+def is_priced(rows: list[LeaderboardRow]) -> bool:
+    """Some trial has a cost (resources.price_per_hour was set): the `$` columns are shown."""
+    return any(is_number(row.value("cost_usd")) for row in rows)
+
+
 def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
     """The leaderboard as a Markdown table: leaderboard.csv's rows, numbers rounded."""
-    columns = table(REPORT, metric, task_names(rows))
+    columns = table(REPORT, metric, task_names(rows), priced=is_priced(rows))
     lines = ["| " + " | ".join(label for label, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         lines.append("| " + " | ".join(render(row) for _, render in columns) + " |")
@@ -183,9 +195,11 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
         figures[f"{metric}_by_setting.png"] = (
             plots.metric_by_setting(rows, settings, metric),
             f"each trial's best {metric} against each searched setting (log axis for log-uniform ones)")
+    priced = is_priced(rows)
     figures["quality_speed.png"] = (
         plots.quality_speed(rows, metric),
-        f"best {metric} against training samples/s and against peak memory; the Pareto front's trials named")
+        f"best {metric} against training samples/s, against peak memory"
+        + (" and against the trial's cost" if priced else "") + "; the Pareto front's trials named")
     tasks = task_names(rows)
     if tasks:
         figures["task_losses.png"] = (plots.task_losses(rows, tasks),
@@ -197,7 +211,7 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
              f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored), "
              f"{summary['total_steps_trained']} training steps; ranked by {metric} ({summary['mode']})."
              + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if is_number(best.get(metric))
-                else ""), "",
+                else ""), "", *([cost_line(summary), ""] if cost_line(summary) else []),
              "## Leaderboard", "", leaderboard_markdown(rows, metric), "",
              f"TensorBoard (curves and the HParams dashboard): `tensorboard --logdir {layout.tensorboard_dir}`", ""]
     for name, (_, caption) in figures.items():
@@ -278,12 +292,49 @@ def write_hparams(layout: ExperimentLayout, rows: list[LeaderboardRow] | list[di
     return len(sessions)
 
 
-def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s: float | None = None) -> dict:
+def run_cost(rows: list[LeaderboardRow], config: ExperimentConfig) -> dict:
+    """summary.json's cost of the run (lexiray.cost): what its trials cost (`cost_usd`), and the
+    full run's projection (`projected_cost_usd`): every planned trial trained to the end, at the
+    mean projected cost of a full trial (ASHA stops most trials early: an upper figure).
+    None without a price."""
+    costs = [row.value("cost_usd") for row in rows if is_number(row.value("cost_usd"))]
+    if not costs:
+        return {"cost_usd": None, "projected_cost_usd": None, "price_per_hour": config.resources.price_per_hour}
+    full = [row.value("cost_usd") if row.status == "DONE" else row.value("projected_cost_usd") for row in rows]
+    full = [value for value in full if is_number(value)]
+    planned = max(len(rows), planned_trials(config))
+    return {"cost_usd": sum(costs), "projected_cost_usd": sum(full) / len(full) * planned if full else None,
+            "price_per_hour": config.resources.price_per_hour}
+
+
+def cost_line(summary: dict) -> str:
+    """The run's cost in one line (and what the budget did); "" without a price."""
+    if summary.get("cost_usd") is None:
+        return ""
+    line = f"cost: {money(summary['cost_usd'])} spent"
+    if summary.get("projected_cost_usd") is not None:
+        line += (f"; the full run (every planned trial to the end) projected at "
+                 f"{money(summary['projected_cost_usd'])}")
+    budget = summary.get("budget")
+    if budget:
+        if budget.get("stopped_new_trials"):
+            line += (f"; budget {money(budget['budget_usd'])} reached at {money(budget['spent_at_stop_usd'])} spent "
+                     f"+ {money(budget['committed_at_stop_usd'])} committed: stopped starting trials after "
+                     f"{budget['trials_started']} of {budget['trials_planned']}")
+        else:
+            line += f"; budget {money(budget['budget_usd'])}: every planned trial started"
+    return line
+
+
+def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s: float | None = None,
+                 budget: dict | None = None) -> dict:
     """leaderboard.csv, summary.json, every trial's HParams session in TensorBoard and the
     `report/` folder (plots + README.md), written into the experiment (a local folder or
     a URI). Works on a running experiment: it reads what the trials reported so far."""
     config = storage.read_experiment_config(layout)
     metric, mode = config.tune.metric, config.tune.mode
+    if budget is None:  # a later `lexiray report`: what the run's own report said of the budget stays
+        budget = (read_summary(layout) or {}).get("budget")
     rows = leaderboard_rows(collect_trials(layout), metric, mode, max_t)
     max_t = max_t or max((row.total_steps or 0 for row in rows), default=0) or None
     storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
@@ -305,6 +356,8 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "eval_loss_at_start": next((row.last.eval_loss_at_start for row in rows
                                     if is_number(row.last.eval_loss_at_start)), None),
         "hparams_sessions": write_hparams(layout, rows),
+        **run_cost(rows, config),
+        "budget": budget,
     }
     if config.report.plots and rows:
         summary["report"] = layout.report_dir
@@ -325,7 +378,7 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
 
     metric = summary["metric"]
     rows = as_rows(summary["leaderboard"][:top], metric)
-    columns = table(TERMINAL, metric, [])
+    columns = table(TERMINAL, metric, [], priced=is_priced(rows))
     shown = Table(title=f"leaderboard — {summary['experiment']} ({metric}, {summary['mode']})")
     for label, _ in columns:
         shown.add_column(label, justify="left" if label in ("trial", "status") else "right")
@@ -444,7 +497,7 @@ def merge_note(layout: ExperimentLayout, row: dict, config: ExperimentConfig, pr
 def finish_experiment(run: TuningRun, console) -> dict:
     """After `Tuner.fit`: leaderboard, summary, plot, best adapter export, closing lines."""
     layout, config = run.layout, run.config
-    summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s)
+    summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s, budget=run.budget)
     print_leaderboard(summary, console, top=config.report.top)
     best = summary.get("best")
     skipped = f"{summary['skipped_memory']} skipped over the GPU memory budget, " if summary["skipped_memory"] else ""
@@ -452,6 +505,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
                   f"{config.tune.scheduler.upper()}, {summary['diverged']} diverged, {summary['errored']} errored, "
                   f"{skipped}"
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
+    if cost_line(summary):
+        console.print(cost_line(summary), markup=False)
     if best and best.get("best_checkpoint"):
         destination = export_trial(layout)
         summary["best_adapter"] = destination
@@ -484,8 +539,10 @@ def print_report_locations(summary: dict, layout: ExperimentLayout, console) -> 
 def finish_interrupted(run: TuningRun, console) -> dict:
     """After a Ctrl-C / SIGTERM stopped `Tuner.fit`: the leaderboard of what ran so far, and
     the exact command that continues the experiment (no adapter is exported)."""
-    summary = build_report(run.layout, max_t=run.max_t, wall_time_s=run.wall_time_s)
+    summary = build_report(run.layout, max_t=run.max_t, wall_time_s=run.wall_time_s, budget=run.budget)
     print_leaderboard(summary, console, top=run.config.report.top)
+    if cost_line(summary):
+        console.print(cost_line(summary), markup=False)
     console.print(f"{run.interrupted}: stopped after {summary['total_steps_trained']} training steps in "
                   f"{run.wall_time_s:.0f} s; the trials' checkpoints are kept")
     console.print(f"partial leaderboard: {run.layout.leaderboard_file}")

@@ -56,6 +56,11 @@ class TrialReport:
     resumed_from_step: int | None = None
     first_step_at: float | None = None  # wall clock
     projected_wall_s: float | None = None
+    # with resources.price_per_hour only (lexiray.cost): the trial's seconds so far (every
+    # attempt), their cost, and the cost of its full run at the rate so far
+    paid_s: float | None = None
+    cost_usd: float | None = None
+    projected_cost_usd: float | None = None
     mfu: float | None = None
     startup_s: float | None = None
     reported_at: float | None = None  # wall clock
@@ -277,6 +282,7 @@ class Metric:
     setting: str = ""  # a setting shown as an HParams hyperparameter: its search key
     render: Callable[[LeaderboardRow, str], str] | None = None  # (row, view) -> a cell that is not one number
     per_task: bool = False  # one column per task (eval_loss/<task>)
+    priced: bool = False  # a USD figure: left out of the terminal and README without a price (`table`)
 
     def value(self, row: LeaderboardRow):
         if self.take == TRIAL:
@@ -327,6 +333,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("estimated_memory_gb", take=LAST, shown=_shown(CSV)),
     Metric("eval_loss_at_start", take=LAST),
     Metric("wall_time_s", "wall s", ".0f", take=LAST, reads="time_total_s", shown=_shown(CSV, TERMINAL)),
+    # lexiray.cost: the trial's cost so far (its whole cost once it ended) and of its full run
+    Metric("cost_usd", "$", ".4f", take=LAST, shown=_shown(CSV, TERMINAL, REPORT, HPARAMS), priced=True),
+    Metric("projected_wall_s", "proj. wall s", ".0f", take=LAST, shown=_shown(CSV, REPORT)),
+    Metric("projected_cost_usd", "proj. $", ".4f", take=LAST, shown=_shown(CSV, REPORT), priced=True),
     Metric("precision", take=LAST),  # the worker's dtype: `export --merge` loads the base in it
     Metric("best_checkpoint", take=BEST, reads="checkpoint_path", shown=_shown(CSV)),
 )
@@ -338,15 +348,19 @@ CURVE_KEYS = tuple(metric.reads or metric.name for metric in METRICS if CURVES i
 HPARAM_COLUMNS = {metric.name: metric.setting for metric in METRICS if metric.setting}
 
 
-def table(view: str, metric: str, tasks: list[str]) -> list[tuple[str, Callable[[LeaderboardRow], Any]]]:
+def table(view: str, metric: str, tasks: list[str],
+          priced: bool = True) -> list[tuple[str, Callable[[LeaderboardRow], Any]]]:
     """A view's columns: (header, value of a row). CSV: the column name and the raw value;
     TERMINAL and REPORT: the label and the cell text; HPARAMS: the metric's name and value.
     The tuned metric follows the status in CSV, TERMINAL and REPORT (its own entry, if it
-    has one, moves there)."""
+    has one, moves there). `priced=False` (no trial has a cost: no price was set) leaves the
+    USD columns out of TERMINAL and REPORT; CSV keeps its fixed columns (empty)."""
     columns = []
     tuned = view in (CSV, TERMINAL, REPORT)
     for entry in METRICS:
         if view not in entry.shown or (tuned and entry.name == metric):
+            continue
+        if entry.priced and not priced and view in (TERMINAL, REPORT):
             continue
         for column, label, hparam, value in entry.columns(tasks):
             if view == CSV:

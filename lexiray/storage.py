@@ -429,6 +429,7 @@ class TuningRun:
     max_t: int
     wall_time_s: float
     interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
+    budget: dict | None = None  # tune.budget_usd's outcome (lexiray.cost.BudgetLedger.outcome)
 
     @property
     def resume_command(self) -> str:

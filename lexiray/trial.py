@@ -56,6 +56,7 @@ from lexiray.channel import ReportToTune, TrainRunChannel, TrialChannel, TuneSes
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, init_ray
 from lexiray.config import ExperimentConfig, apply_sample
+from lexiray.cost import hourly_rate
 from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
@@ -104,7 +105,8 @@ class WorkerSettings:
     # How the worker reports, resumes, hears "stop" and knows its rank (lexiray.channel):
     # chosen by the driver from where the trial trains (`trains_in_trial_actor`).
     channel: TrialChannel = field(default_factory=TrainRunChannel)
-    started_at: float = field(default_factory=time.time)  # for the startup_s metric
+    started_at: float = field(default_factory=time.time)  # for the startup_s metric; the cost's clock
+    paid_before_s: float = 0.0  # seconds the trial's earlier attempts were paid for (lexiray.cost)
 
 
 @dataclass(frozen=True)
@@ -180,6 +182,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         chaos=chaos,
         searched=frozenset(plan.base_config.search_space.keys),
         channel=TuneSessionChannel() if in_process else TrainRunChannel(),
+        paid_before_s=paid_before(plan.layout, trial_id) if config.resources.price_per_hour else 0.0,
     )
     if in_process:  # 4. Ray Train's local mode, in this process (trains_in_trial_actor)
         build_torch_trainer(settings, storage_path=plan.layout.trials_storage, name=trial_id, worker_retries=0,
@@ -201,6 +204,13 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         trainer.fit()
     finally:
         plan.mailbox.forget.remote(mailbox_key)
+
+
+def paid_before(layout: ExperimentLayout, trial_id: str) -> float:
+    """The seconds the trial's earlier attempts reported paying for (a retry, a resumed
+    experiment; 0 for a first attempt): its recorded results, which outlive the attempts."""
+    paid = [result.get("paid_s") for result in storage.read_history(layout, trial_id)]
+    return max([value for value in paid if isinstance(value, (int, float))], default=0.0)
 
 
 def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estimate_gb: float,
@@ -395,7 +405,8 @@ def fit_attempt(settings: WorkerSettings, ladder: OomLadder, hardware, precision
     # 8. The HF Trainer. Callback order matters: the chaos kill inside a save strikes
     #    before the report persists that checkpoint.
     throughput = hf_trainer.ThroughputMeter(
-        settings.started_at, **mfu_inputs(config, model.config.to_dict(), hardware.gpu_name, precision))
+        settings.started_at, **mfu_inputs(config, model.config.to_dict(), hardware.gpu_name, precision),
+        hourly_usd=hourly_rate(config.resources), paid_before_s=settings.paid_before_s)
     # After EvaluateAndSaveAtLastStep: a non-finite last step must not be saved either.
     non_finite = hf_trainer.StopOnNonFinite(each_step=config.resources.num_workers == 1,
                                             grad_norm=precision != "fp16")

@@ -10,6 +10,8 @@ the best-adapter export come after, from `lexiray.report` (the CLI calls both).
 from __future__ import annotations
 
 import math
+import os
+import pickle
 import signal
 import sys
 import time
@@ -17,12 +19,14 @@ from contextlib import contextmanager
 
 import ray
 from ray import tune
+from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 
 from lexiray import ray_seam, storage
 from lexiray.channel import start_mailbox
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, check_shared_storage, default_concurrency, init_ray
 from lexiray.config import ExperimentConfig
+from lexiray.cost import BudgetLedger, hourly_rate, money, planned_trials, price_unit
 from lexiray.data import prepare_data
 from lexiray.errors import ConfigError, LexirayError
 from lexiray.model import check_bitsandbytes, check_precision, load_tokenizer
@@ -61,10 +65,99 @@ def check_schedule(config: ExperimentConfig, max_t: int) -> tuple[int, int]:
     return max_t, grace
 
 
-def search_algorithm(config: ExperimentConfig, concurrency: int):
-    """tune.search_alg's algorithm, running at most `concurrency` trials at a time."""
-    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
+def budget_ledger(config: ExperimentConfig) -> BudgetLedger | None:
+    """The run's cost account when `tune.budget_usd` is set (lexiray.cost)."""
+    if config.tune.budget_usd is None:
+        return None
+    return BudgetLedger(config.tune.budget_usd, planned=planned_trials(config))
 
+
+class BudgetedVariantGenerator(BasicVariantGenerator):
+    """Random and grid search (Tune's BasicVariantGenerator: the same seeded samples, in the same
+    order) that starts no trial while the budget's spent plus committed cost has reached it,
+    and ends the search once no running trial can free any. Tune feeds every search algorithm
+    each trial's results and its end: the ledger's costs come from there."""
+
+    def __init__(self, ledger: BudgetLedger, **kwargs):
+        super().__init__(**kwargs)
+        self.ledger = ledger
+
+    def next_trial(self):
+        if not self.is_finished() and not self.ledger.may_start():
+            if self.ledger.final:
+                self.set_finished()
+            return None
+        trial = super().next_trial()
+        if trial is not None:
+            self.ledger.start(trial.trial_id)
+        return trial
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        super().on_trial_result(trial_id, result)
+        self.ledger.record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        super().on_trial_complete(trial_id, result=result, error=error)
+        self.ledger.finish(trial_id, result)
+
+
+BUDGET_SUFFIX = ".budget.pkl"
+
+
+class BudgetLimiter(Searcher):
+    """A Searcher (Optuna's, behind its ConcurrencyLimiter) that suggests nothing while the
+    budget's spent plus committed cost has reached it, and FINISHED once no running trial can
+    free any: what BudgetedVariantGenerator does for random search, in Searcher terms."""
+
+    def __init__(self, searcher: Searcher, ledger: BudgetLedger):
+        self.searcher, self.ledger = searcher, ledger
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return self.searcher.set_max_concurrency(max_concurrent)
+
+    def suggest(self, trial_id: str):
+        if not self.ledger.may_start():
+            return Searcher.FINISHED if self.ledger.final else None
+        suggestion = self.searcher.suggest(trial_id)
+        if suggestion not in (None, Searcher.FINISHED):
+            self.ledger.start(trial_id)
+        return suggestion
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
+        self.ledger.record(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        self.ledger.finish(trial_id, result)
+
+    def get_state(self) -> dict:
+        return {"ledger": self.ledger}
+
+    def set_state(self, state: dict) -> None:
+        self.ledger = state["ledger"]
+
+    # Tune saves a Searcher's state through save/restore (the experiment's searcher checkpoint);
+    # the ledger goes beside the wrapped searcher's file, so a resumed run keeps what was spent.
+    def save(self, checkpoint_path: str):
+        self.searcher.save(checkpoint_path)
+        with open(checkpoint_path + BUDGET_SUFFIX, "wb") as handle:
+            pickle.dump(self.ledger, handle)
+
+    def restore(self, checkpoint_path: str):
+        self.searcher.restore(checkpoint_path)
+        if os.path.exists(checkpoint_path + BUDGET_SUFFIX):
+            with open(checkpoint_path + BUDGET_SUFFIX, "rb") as handle:
+                self.ledger = pickle.load(handle)  # noqa: S301 - the experiment's own file
+
+
+def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetLedger | None = None):
+    """tune.search_alg's algorithm, running at most `concurrency` trials at a time, and
+    starting none while `ledger`'s budget is reached (tune.budget_usd)."""
     if config.tune.search_alg == "optuna":
         try:
             import optuna  # noqa: F401
@@ -75,13 +168,17 @@ def search_algorithm(config: ExperimentConfig, concurrency: int):
     else:
         # Not a Searcher: Tune ignores max_concurrent_trials for it and a ConcurrencyLimiter
         # cannot wrap it, so it carries its own limit.
-        algorithm = BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
+        algorithm = (BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
+                     if ledger is None else
+                     BudgetedVariantGenerator(ledger, random_state=config.tune.seed, max_concurrent=concurrency))
     # Every other algorithm is a Searcher, which suggests a trial whenever Tune has room: left
     # alone it runs as many trials as the cluster holds, not `concurrency` (the slots
     # tune.max_concurrent_trials or the resources give), and a model-based one suggests from fewer
     # finished results. Wrapped here, by its type, so no algorithm added above goes unlimited.
     if isinstance(algorithm, Searcher):
         algorithm = ConcurrencyLimiter(algorithm, max_concurrent=concurrency)
+        if ledger is not None:
+            algorithm = BudgetLimiter(algorithm, ledger)
     return algorithm
 
 
@@ -96,13 +193,14 @@ def scheduler(config: ExperimentConfig, max_t: int, grace: int):
                          grace_period=grace, reduction_factor=config.tune.reduction_factor)
 
 
-def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: int) -> tune.TuneConfig:
+def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: int,
+                ledger: BudgetLedger | None = None) -> tune.TuneConfig:
     return tune.TuneConfig(
         num_samples=config.tune.num_samples,
         # the search algorithm carries the limit, whichever it is (search_algorithm); Tune would
         # only warn that this one is ignored
         max_concurrent_trials=None,
-        search_alg=search_algorithm(config, concurrency),
+        search_alg=search_algorithm(config, concurrency, ledger),
         scheduler=scheduler(config, max_t, grace),
         time_budget_s=config.tune.time_budget_s,
         trial_name_creator=lambda trial: trial.trial_id,
@@ -225,7 +323,8 @@ def stop_on_signals(resume_command: str, received: list[str]):
             signal.signal(stop_signal, handler)
 
 
-def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
+def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int,
+         ledger: BudgetLedger | None = None) -> TuningRun:
     started = time.time()
     ray_seam.record_trials_whose_actor_died()
     received: list[str] = []
@@ -234,7 +333,8 @@ def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, 
     # The scratch folders the killed workers of stopped trials left on this machine; the
     # workers of the trials ASHA stopped last may still be dying, so give them a moment.
     storage.sweep_scratch_dirs(wait_s=10)
-    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None)
+    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None,
+                     budget=ledger.outcome() if ledger is not None else None)
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
@@ -263,21 +363,33 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
     data = _share_data(prepared)
     concurrency = config.tune.max_concurrent_trials or default_concurrency(config)
     storage.write_experiment_config(layout, config, max_t, grace, concurrency)
-    # Tune runs num_samples trials per point of the grid dimensions (choices are sampled)
-    grid = math.prod(len(dimension.args) for dimension in config.search_space.dimensions if dimension.kind == "grid")
-    console.print(f"experiment {layout.root}: {config.tune.num_samples * grid} trials, {concurrency} at a time, "
+    console.print(f"experiment {layout.root}: {planned_trials(config)} trials, {concurrency} at a time, "
                   f"{config.tune.scheduler.upper()} over {max_t} steps (first rung {grace}, "
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
+    if config.resources.price_per_hour is not None:
+        console.print(price_line(config))
     if layout.tensorboard_dir:
         console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
+    ledger = budget_ledger(config)
     plan = trial_plan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None)
     tuner = tune.Tuner(
         _trainable(plan),
         param_space=build_param_space(config),
-        tune_config=tune_config(config, max_t, grace, concurrency),
+        tune_config=tune_config(config, max_t, grace, concurrency, ledger),
         run_config=run_config(config, layout, max_t, verbose),
     )
-    return _fit(tuner, layout, config, max_t)
+    return _fit(tuner, layout, config, max_t, ledger)
+
+
+def price_line(config: ExperimentConfig) -> str:
+    """The start line's word on cost: the price, what a trial pays an hour, the budget."""
+    resources = config.resources
+    line = (f"price {money(resources.price_per_hour)} per {price_unit(resources)}: "
+            f"{money(hourly_rate(resources))} per trial-hour")
+    if config.tune.budget_usd is not None:
+        line += (f"; budget {money(config.tune.budget_usd)}: no trial starts once spent + committed "
+                 "(the running trials' projected rest) reaches it")
+    return line
 
 
 def resume_tuning(path_or_name: str, console, retry_errored: bool = False, address: str | None = None,

@@ -22,7 +22,7 @@ FULL = TrialReport(
     step=12, eval_loss=2.5, task_losses={"grammar": 2.0, "vocabulary": 3.0}, train_loss=2.7,
     samples_per_second=16.0, tokens_per_second=900.0, steps_per_second=2.0, phase_steps_per_second=1.5,
     peak_memory_mb=700.0, total_steps=12, world_size=1, resumed_from_step=6, first_step_at=1000.0,
-    projected_wall_s=8.0, mfu=0.02, startup_s=3.5, reported_at=1010.0, precision="bf16", node_id="n1",
+    projected_wall_s=8.0, paid_s=40.0, cost_usd=0.01, projected_cost_usd=0.02, mfu=0.02, startup_s=3.5, reported_at=1010.0, precision="bf16", node_id="n1",
     training_pid=4242, oom_retries=2, ran_with="batch 4×2, checkpointing on", ran_batch_size=4, ran_grad_accum=2,
     ran_gradient_checkpointing=True, ran_max_seq_length=512, ran_lora_r=8, ran_optim="adamw_torch",
     precision_retries=1, ran_precision="fp16 autocast, fp32 weights", diverged="diverged: non-finite loss nan",
