@@ -335,7 +335,7 @@ class ExperimentLayout:
             return path
         scheme, rest = self.root.split("://", 1)
         query = rest.partition("?")[2]
-        return f"{scheme}://{path.lstrip('/')}" + (f"?{query}" if query else "")
+        return f"{scheme}://{path}" + (f"?{query}" if query else "")
 
 
 def find_experiment(path_or_name: str) -> ExperimentLayout:

@@ -183,3 +183,8 @@ def test_a_checkpoint_at_a_uri_is_read_from_any_experiment(tmp_path):
     checkpoint = ExperimentLayout(str(tmp_path / "warm")).checkpoint(f"file://{folder}")
     with checkpoint.as_directory() as restored:
         assert restored == str(folder)
+
+
+def test_a_file_uri_experiments_checkpoint_keeps_its_absolute_path():
+    assert ExperimentLayout("file:///results/cold").checkpoint_location("/results/cold/trial_1/checkpoint_000001") \
+        == "file:///results/cold/trial_1/checkpoint_000001"
