@@ -336,7 +336,11 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     prepared, max_t, _ = check_before_ray(config, layout, console)
     data_print = data_fingerprint(config)
     # the earlier experiment's finished trials stay reusable; the search itself is restored
-    warm = read_warm_start(config, data_print, layout)
+    try:
+        warm = read_warm_start(config, data_print, layout)
+    except LexirayError as error:  # gone since: the trials it would have spared train instead
+        console.print(f"note: {error}; its trials are not reused")
+        warm = None
     init_ray(address, verbose=verbose)
     ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)

@@ -30,9 +30,11 @@ def _summary(root: Path) -> dict:
 def test_same_configuration_sampled_twice_trains_once(tmp_path, no_ray_leftovers):
     root = tmp_path / "results" / "twins"
     # every setting the smoke preset searches has one value: all three samples are the same trial
-    run_cli(["tune", "--num-samples", "3", "--storage-path", str(tmp_path / "results"), "--name", "twins", *QUICK,
-             "--set", "search.training.learning_rate={choice: [0.003]}", "--set", "search.lora.r={choice: [4]}",
-             "--set", "search.training.per_device_train_batch_size={choice: [4]}"], cwd=tmp_path, check=True)
+    result = run_cli(["tune", "--num-samples", "3", "--storage-path", str(tmp_path / "results"), "--name", "twins",
+                      *QUICK, "--set", "search.training.learning_rate={choice: [0.003]}",
+                      "--set", "search.lora.r={choice: [4]}",
+                      "--set", "search.training.per_device_train_batch_size={choice: [4]}"], cwd=tmp_path, check=True)
+    assert result.stdout.count("not trained)") == 2 and "2 reused (16 steps not trained again)" in result.stdout
     rows = _leaderboard(root)
     assert len(rows) == 3, rows
     trained = [row for row in rows if not row["reused_from"]]
