@@ -55,13 +55,14 @@ def _parse_chaos(text: Optional[str]):
 
 def tune_overrides(set_: Optional[List[str]], num_samples: Optional[int] = None, max_concurrent: Optional[int] = None,
                    time_budget: Optional[str] = None, storage_path: Optional[str] = None,
-                   name: Optional[str] = None, budget: Optional[str] = None) -> list[str]:
+                   name: Optional[str] = None, budget: Optional[str] = None,
+                   warm_start: Optional[str] = None) -> list[str]:
     """`lexiray tune`'s shortcut options as the `--set` overrides they stand for."""
     from lexiray.config import parse_duration, parse_usd
 
     overrides = list(set_ or [])
     for key, value in (("tune.num_samples", num_samples), ("tune.max_concurrent_trials", max_concurrent),
-                       ("tune.storage_path", storage_path), ("tune.name", name)):
+                       ("tune.storage_path", storage_path), ("tune.name", name), ("tune.warm_start", warm_start)):
         if value is not None:
             overrides.append(f"{key}={value}")
     if time_budget is not None:
@@ -116,6 +117,9 @@ def tune(
                                          "cost reaches it (needs resources.price_per_hour)"),
     storage_path: Optional[str] = typer.Option(None, "--storage-path", help="Results folder or s3:// / gs:// URI"),
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name (default: the preset's)"),
+    warm_start: Optional[str] = typer.Option(None, "--warm-start", help="An earlier experiment (folder, name or URI): "
+                                             "its best configurations run first, Optuna learns its results, its "
+                                             "finished trials with the same settings and data are reused"),
     chaos: Optional[str] = typer.Option(None, "--chaos",
                                         help="Testing aid: kill-worker@step=N, kill-save@step=N, nan-loss@step=N or "
                                         "oom-above-batch=N [,trial=K]"),
@@ -131,12 +135,31 @@ def tune(
 
     if resume_existing and overwrite:
         raise LexirayError("lexiray tune: --resume continues the experiment and --overwrite replaces it; give one")
-    overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name, budget)
+    overrides = tune_overrides(set_, num_samples, max_concurrent, time_budget, storage_path, name, budget, warm_start)
     settings = _load(config, overrides)
+    _ensure_warm_start_summary(settings)
     existing = "resume" if resume_existing else "overwrite" if overwrite else "refuse"
     run = run_tuning(settings, console=console, chaos=_parse_chaos(chaos), address=address, verbose=verbose,
                      existing=existing)
     _finish(run)
+
+
+def _ensure_warm_start_summary(settings) -> None:
+    """An earlier experiment that ended without its report (killed, or still running): its
+    summary.json, which the warm start reads, is built from its records first."""
+    if not settings.tune.warm_start:
+        return
+    from lexiray import storage
+    from lexiray.report import build_report, read_summary
+
+    if storage.is_uri(settings.tune.warm_start):  # a dead endpoint would retry for a minute below
+        storage.check_storage(settings.tune.warm_start, field="--warm-start")
+    try:
+        source = storage.find_experiment(settings.tune.warm_start)
+    except LexirayError as error:
+        raise LexirayError(f"--warm-start: {error}") from None
+    if read_summary(source) is None:
+        build_report(source)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -175,7 +198,7 @@ def submit(
                            "tests only")
     settings = _load(params["config"], tune_overrides(params["set_"], params["num_samples"], params["max_concurrent"],
                                                       params["time_budget"], params["storage_path"], params["name"],
-                                                      params["budget"]))
+                                                      params["budget"], params["warm_start"]))
     if "://" not in settings.tune.storage_path:
         console.print(f"note: tune.storage_path={settings.tune.storage_path} is a local folder: on a multi-node "
                       "cluster lexiray refuses it; use --storage-path s3://... or gs://...")

@@ -174,6 +174,9 @@ class TuneSettings(Section):
     storage_path: str = "lexiray_results"
     name: str | None = None
     seed: int | None = 0
+    # An earlier experiment (folder, name or URI) that seeds this search (lexiray.warm): its best
+    # configurations run first, Optuna is told its results, its finished trials are reused.
+    warm_start: str | None = None
 
     @model_validator(mode="after")
     def _grace_before_max_t(self) -> "TuneSettings":

@@ -66,7 +66,9 @@ class PrintTrialProgress(Callback):
         step, total = last.step, self.max_t if last.total_steps is None else last.total_steps
         how = "finished" if step is not None and total is not None and step >= total else "stopped by ASHA"
         loss = float("nan") if last.eval_loss is None else last.eval_loss
-        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  eval_loss {loss:.4f}{_cost(last)}")
+        reused = f"  [dim](reused: {last.reused_from}, not trained)[/]" if last.reused_from else ""
+        _console().print(f"[cyan]{trial.trial_id}[/] {how} at step {step}/{total}  eval_loss {loss:.4f}{_cost(last)}"
+                         f"{reused}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         failures = getattr(trial, "num_failures", "?")

@@ -208,7 +208,8 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
         storage.write_bytes(layout.report_file(name), image)
     best = summary.get("best") or {}
     lines = [f"# {layout.name}", "",
-             f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored), "
+             f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored, "
+             f"{summary.get('reused', 0)} reused), "
              f"{summary['total_steps_trained']} training steps; ranked by {metric} ({summary['mode']})."
              + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if is_number(best.get(metric))
                 else ""), "", *([cost_line(summary), ""] if cost_line(summary) else []),
@@ -347,7 +348,10 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "errored": sum(r.status == "ERROR" for r in rows),
         "skipped_memory": sum(r.status == "SKIPPED" for r in rows),
         "diverged": sum(r.status == "DIVERGED" for r in rows),
-        "total_steps_trained": sum(r.steps for r in rows),
+        # reused trials replayed a twin's steps (lexiray.warm): none of them trained here
+        "total_steps_trained": sum(r.steps for r in rows if not r.value("reused_from")),
+        "reused": sum(bool(r.value("reused_from")) for r in rows),
+        "steps_reused": sum(r.steps for r in rows if r.value("reused_from")),
         "wall_time_s": wall_time_s,
         "tasks": task_names(rows),
         "best": next((r.as_dict() for r in rows if r.status != "DIVERGED"), None),
@@ -501,6 +505,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
     print_leaderboard(summary, console, top=config.report.top)
     best = summary.get("best")
     skipped = f"{summary['skipped_memory']} skipped over the GPU memory budget, " if summary["skipped_memory"] else ""
+    if summary.get("reused"):
+        skipped += f"{summary['reused']} reused ({summary['steps_reused']} steps not trained again), "
     console.print(f"{summary['trials']} trials, {summary['stopped_early']} stopped early by "
                   f"{config.tune.scheduler.upper()}, {summary['diverged']} diverged, {summary['errored']} errored, "
                   f"{skipped}"

@@ -88,6 +88,9 @@ class TrialReport:
     estimated_memory_gb: float | None = None
     memory_budget_gb: float | None = None
     checkpoint_path: str | None = None  # Ray Train's, or storage.fill_checkpoint_path's
+    # "<experiment>/<trial id>": a report replayed from the trial that trained this fingerprint
+    # (lexiray.warm), in an earlier experiment or earlier in this run; never trained here
+    reused_from: str | None = None
     time_total_s: float | None = None  # Tune's: the trial's seconds so far
     extra: dict[str, Any] = field(default_factory=dict)  # any other key (HF's logs, a custom tuned metric)
 
@@ -117,7 +120,7 @@ class TrialReport:
                 values[key] = value
             elif key == "skipped_memory":
                 values[key] = value == value and bool(value)  # NaN: a column other reports lacked
-            elif key == "diverged":
+            elif key in ("diverged", "reused_from"):
                 values[key] = value if isinstance(value, str) and value else None  # NaN: as above
             elif key.startswith(TASK_LOSS_PREFIX) and len(key) > len(TASK_LOSS_PREFIX):
                 tasks[key[len(TASK_LOSS_PREFIX):]] = value
@@ -145,6 +148,7 @@ class TrialReport:
 
 
 _PLAIN_FIELDS = frozenset(item.name for item in fields(TrialReport)) - {"task_losses", "skipped_memory", "diverged",
+                                                                        "reused_from",
                                                                         "extra"}
 
 
@@ -262,6 +266,8 @@ precision_cell = _back_off_cell("precision_retries", "ran_precision")  # lexiray
 
 def _status_cell(row: LeaderboardRow, view: str) -> str:
     status = row.status.lower()
+    if row.value("reused_from"):  # replayed, not trained: its steps cost nothing here
+        status += " (reused)"
     estimate = row.value("estimated_memory_gb")
     if view == TERMINAL and estimate is not None:
         status += f" (est. {estimate:.1f} GB)"
@@ -339,6 +345,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("projected_cost_usd", "proj. $", ".4f", take=LAST, shown=_shown(CSV, REPORT), priced=True),
     Metric("precision", take=LAST),  # the worker's dtype: `export --merge` loads the base in it
     Metric("best_checkpoint", take=BEST, reads="checkpoint_path", shown=_shown(CSV)),
+    Metric("reused_from", take=LAST, shown=_shown(CSV)),  # the status cell says "(reused)" elsewhere
 )
 METRIC = {metric.name: metric for metric in METRICS}
 

@@ -9,8 +9,12 @@ lexiray's files):
                              trial's checkpoints too: checkpoint_*/checkpoint/ (HF files), kept by Tune
     trials/<id>/             a multi-worker trial's Ray Train run: checkpoint_*/checkpoint/ (HF files)
     trials/<id>/config.yaml  the trial's resolved config, written where it ran
+    trials/<id>/fingerprint.json  its identity (lexiray.warm): settings that change results + data
+    fingerprints/<hash>      the trial that trains this fingerprint in this experiment (its twins
+                             replay it; a later `--warm-start` experiment reuses it)
     finished/<id>.json       "this trial is over" (done or stopped by ASHA), written at once
     finished/history/<id>.jsonl   every result of a trial, as it arrived (resume replays them)
+    finished/<id>.failed     an attempt of the trial failed (its twins stop waiting for it)
     tensorboard/<id> <sample>/    HF curves of each trial, and its HParams session (written by the report)
     leaderboard.csv  summary.json  best/
     report/                  README.md with the leaderboard and the PNG plots
@@ -254,6 +258,15 @@ class ExperimentLayout:
     def trial_config_file(self, trial_id: str) -> str:
         return self.path("trials", trial_id, CONFIG_FILE)
 
+    def trial_fingerprint_file(self, trial_id: str) -> str:
+        return self.path("trials", trial_id, "fingerprint.json")
+
+    def fingerprint_claim_file(self, fingerprint: str) -> str:
+        return self.path("fingerprints", fingerprint)
+
+    def failed_file(self, trial_id: str) -> str:
+        return self.path("finished", f"{trial_id}.failed")
+
     @property
     def tensorboard_dir(self) -> str:
         return self.path("tensorboard")
@@ -305,10 +318,24 @@ class ExperimentLayout:
         return self.path("best")
 
     def checkpoint(self, path: str):
-        """A Ray checkpoint by the path Tune recorded (inside the storage's filesystem)."""
+        """A Ray checkpoint by the path Tune recorded (inside the storage's filesystem), or by
+        a full location (a reused trial's checkpoint in another experiment: `checkpoint_location`)."""
         from ray.train import Checkpoint
 
+        if is_uri(path):
+            fs, inner = filesystem(path)
+            return Checkpoint(inner, filesystem=fs)
         return Checkpoint(path) if self.is_local else Checkpoint(path, filesystem=filesystem(self.root)[0])
+
+    def checkpoint_location(self, path: str) -> str:
+        """A checkpoint path Tune recorded, as a location any experiment can read: Tune records
+        a URI experiment's paths inside its filesystem ('bucket/exp/trial_x/checkpoint_1'),
+        which another experiment's filesystem would read as its own."""
+        if self.is_local or is_uri(path):
+            return path
+        scheme, rest = self.root.split("://", 1)
+        query = rest.partition("?")[2]
+        return f"{scheme}://{path}" + (f"?{query}" if query else "")
 
 
 def find_experiment(path_or_name: str) -> ExperimentLayout:
@@ -350,6 +377,57 @@ def write_trial_config(layout: ExperimentLayout, trial_id: str, config: Experime
 
 def read_trial_config(layout: ExperimentLayout, trial_id: str) -> ExperimentConfig | None:
     return read_config(layout.trial_config_file(trial_id))
+
+
+# --------------------------------------------------------------------------- fingerprints (lexiray.warm)
+
+
+def write_trial_fingerprint(layout: ExperimentLayout, trial_id: str, fingerprint: str, data_fingerprint: str) -> None:
+    write_text(layout.trial_fingerprint_file(trial_id),
+               json.dumps({"fingerprint": fingerprint, "data_fingerprint": data_fingerprint}))
+
+
+def read_trial_fingerprint(layout: ExperimentLayout, trial_id: str) -> dict:
+    """{"fingerprint", "data_fingerprint"} of a trial; {} for a trial (or lexiray) before fingerprints."""
+    text = read_text(layout.trial_fingerprint_file(trial_id))
+    return json.loads(text) if text else {}
+
+
+def fingerprint_owner(layout: ExperimentLayout, fingerprint: str) -> str | None:
+    """The trial that trains (or trained) this fingerprint in the experiment, if any."""
+    text = read_text(layout.fingerprint_claim_file(fingerprint))
+    return text.strip() if text else None
+
+
+def claim_fingerprint(layout: ExperimentLayout, fingerprint: str, trial_id: str) -> str:
+    """The trial that trains this fingerprint: the first to claim it. Returns the owner: this
+    trial, or the twin it should replay. Locally an atomic create-if-absent; at a URI a write
+    read back (two trials claiming in the same instant may then both train: a lost saving,
+    never a wrong result)."""
+    location = layout.fingerprint_claim_file(fingerprint)
+    if layout.is_local:
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(location, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return fingerprint_owner(layout, fingerprint) or trial_id
+        with os.fdopen(handle, "w") as stream:
+            stream.write(trial_id)
+        return trial_id
+    owner = fingerprint_owner(layout, fingerprint)
+    if owner is None:
+        write_text(location, trial_id)
+        owner = fingerprint_owner(layout, fingerprint)
+    return owner or trial_id
+
+
+def mark_failed(layout: ExperimentLayout, trial_id: str) -> None:
+    """An attempt of the trial failed (Tune retries it, or gives up): its twins stop waiting."""
+    write_text(layout.failed_file(trial_id), str(time.time()))
+
+
+def has_failed(layout: ExperimentLayout, trial_id: str) -> bool:
+    return exists(layout.failed_file(trial_id))
 
 
 # --------------------------------------------------------------------------- finished-trial records

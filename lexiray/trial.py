@@ -5,8 +5,10 @@ The flow of one tuning trial, each integration point numbered where it happens:
   Tune's trial actor ─► run_tune_trial(sample, plan)          (the per-trial driver)
       1. the trial's config = the experiment's config + this sample
       2. a trial that finished before a driver restart replays its results, never retrains
-      3. its resolved config is saved where it runs; a sample estimated over its GPU's
-         memory (lexiray.memory) stops here, recorded as skipped
+      3. its resolved config and fingerprint (lexiray.warm) are saved where it runs; a trial
+         whose twin (same fingerprint) finished in the warm-start experiment or trains in
+         this run replays the twin's results instead of training (reused); a sample
+         estimated over its GPU's memory (lexiray.memory) stops here, recorded as skipped
       4. one Ray Train run named by the trial id ─► build_torch_trainer: with one worker,
          Train's local mode in this actor (trains_in_trial_actor), reporting to Tune's
          session; with several, a worker group whose reports reach Tune via the mailbox
@@ -67,6 +69,7 @@ from lexiray.precision import NonFinite, PrecisionLadder, diverged_report, injec
 from lexiray.results import TrialReport
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
+from lexiray.warm import trial_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class TrialPlan:
     layout: ExperimentLayout
     chaos: ChaosSpec | None = None
     mailbox: Any = None  # the run's TrialMailbox actor: multi-worker trials' Train → Tune reports
+    data_fingerprint: str = ""  # lexiray.warm.data_fingerprint of the data every trial trains on
+    warm_start: ExperimentLayout | None = None  # the earlier experiment whose finished trials are reused
 
 
 def trains_in_trial_actor(config: ExperimentConfig) -> bool:
@@ -165,6 +170,15 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
         return
     # 3. Saved where it runs, so the report never has to re-derive it.
     storage.write_trial_config(plan.layout, trial_id, config)
+    fingerprint = trial_fingerprint(config, plan.data_fingerprint)
+    storage.write_trial_fingerprint(plan.layout, trial_id, fingerprint, plan.data_fingerprint)
+    # 3a. Trained before, with the same settings, model and data: replayed, not trained again.
+    twin = reusable_twin(plan, trial_id, fingerprint)
+    if twin == STOPPED_WAITING:
+        return
+    if twin is not None:
+        replay_twin(*twin)
+        return
     # 3b. A sample whose estimated peak memory is over its GPU's would only run out of
     #     memory: it is not trained, it is recorded as skipped with its estimate.
     over = over_budget(config)
@@ -211,6 +225,54 @@ def paid_before(layout: ExperimentLayout, trial_id: str) -> float:
     experiment; 0 for a first attempt): its recorded results, which outlive the attempts."""
     paid = [result.get("paid_s") for result in storage.read_history(layout, trial_id)]
     return max([value for value in paid if isinstance(value, (int, float))], default=0.0)
+# How long a trial waits for its twin in this run at most: a guard, not a schedule. A twin
+# that failed (Tune retries it, or gives up) marks it at once (storage.mark_failed); this only
+# matters if a retried twin waits for a slot its waiting twins hold.
+TWIN_WAIT_S = 1800.0
+TWIN_POLL_S = 1.0
+STOPPED_WAITING = ("stopped", "")
+
+
+def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
+    """(experiment, trial id) of a finished trial with this fingerprint to replay, None to
+    train, or STOPPED_WAITING when Tune stopped this trial while it waited. The warm-start
+    experiment's finished trial first; else the first trial of this run to claim the
+    fingerprint trains it and every later twin waits for it to finish, then replays it (a
+    twin stopped by ASHA is replayed as far as it went, so this one stops there too). A twin
+    that failed or takes longer than TWIN_WAIT_S is not waited for: this one trains."""
+    source = plan.warm_start
+    if source is not None:
+        owner = storage.fingerprint_owner(source, fingerprint)
+        if owner and storage.is_finished(source, owner) and storage.read_history(source, owner):
+            storage.claim_fingerprint(plan.layout, fingerprint, trial_id)  # a later warm start finds it here too
+            return source, owner
+    owner = storage.claim_fingerprint(plan.layout, fingerprint, trial_id)
+    if owner == trial_id:  # first with it (or this trial again, retried): trains
+        return None
+    deadline = time.monotonic() + TWIN_WAIT_S
+    log.info("trial %s: same settings as trial %s, which trains them: waiting for its results", trial_id, owner)
+    while time.monotonic() < deadline:
+        if storage.is_finished(plan.layout, owner):
+            return (plan.layout, owner) if storage.read_history(plan.layout, owner) else None
+        if storage.has_failed(plan.layout, owner):
+            return None
+        if ray_seam.tune_asked_to_stop():  # the run ends (time budget, Ctrl-C)
+            return STOPPED_WAITING
+        time.sleep(TWIN_POLL_S)
+    return None
+
+
+def replay_twin(source: ExperimentLayout, twin_id: str) -> None:
+    """Hand Tune the twin's reports as this trial's, marked reused: ASHA judges them as it
+    judges a trained trial's. Checkpoint paths point at the twin's checkpoints (in its
+    experiment: `checkpoint_location`), so the report and export find them; a twin that was
+    itself reused keeps the trial that trained."""
+    for result in storage.read_history(source, twin_id):
+        result.pop("checkpoint_dir_name", None)  # Tune's name inside the twin's folder, not this one's
+        if isinstance(result.get("checkpoint_path"), str):
+            result["checkpoint_path"] = source.checkpoint_location(result["checkpoint_path"])
+        result.setdefault("reused_from", f"{source.name}/{twin_id}")
+        ray.tune.report(result)
 
 
 def skip_over_budget(layout: ExperimentLayout, trial_id: str, metric: str, estimate_gb: float,

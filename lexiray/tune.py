@@ -34,6 +34,7 @@ from lexiray.progress import PrintTrialProgress
 from lexiray.space import build_param_space
 from lexiray.storage import ExperimentLayout, TuningRun
 from lexiray.trial import TrainingData, TrialPlan, run_tune_trial, trains_in_trial_actor, trial_actor_resources
+from lexiray.warm import WarmStart, data_fingerprint, describe, read_warm_start
 
 
 def total_steps(config: ExperimentConfig, train_rows: int) -> int:
@@ -155,22 +156,50 @@ class BudgetLimiter(Searcher):
                 self.ledger = pickle.load(handle)  # noqa: S301 - the experiment's own file
 
 
-def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetLedger | None = None):
-    """tune.search_alg's algorithm, running at most `concurrency` trials at a time, and
-    starting none while `ledger`'s budget is reached (tune.budget_usd)."""
+def informed_optuna_search(evaluated: tuple[tuple[dict, float], ...], **options):
+    """An OptunaSearch told earlier results before it samples (a warm start), besides the
+    points it evaluates first. Ray's `evaluated_rewards` would record the points instead of
+    evaluating them; Optuna needs the search space to record a result, which Tune hands the
+    searcher in `set_search_properties` (public Searcher API), so the results go in there."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class InformedOptunaSearch(OptunaSearch):
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            if not super().set_search_properties(metric, mode, config, **spec):
+                return False
+            for point, reward in evaluated:
+                self.add_evaluated_point(point, reward)
+            return True
+
+    return InformedOptunaSearch(**options)
+
+
+def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetLedger | None = None,
+                     warm: WarmStart | None = None):
+    """tune.search_alg's algorithm, running at most `concurrency` trials at a time, starting
+    none while `ledger`'s budget is reached (tune.budget_usd); a warm start's configurations
+    evaluated first, its results told to Optuna, its seed."""
+    points = [dict(point) for point in warm.points] if warm else None
+    seed = warm.seed if warm else config.tune.seed
     if config.tune.search_alg == "optuna":
         try:
             import optuna  # noqa: F401
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ConfigError("tune.search_alg=optuna needs Optuna: pip install 'lexiray[optuna]'") from None
-        algorithm = OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=config.tune.seed)
+        if warm and warm.evaluated:
+            algorithm = informed_optuna_search(warm.evaluated, metric=config.tune.metric, mode=config.tune.mode,
+                                               seed=seed, points_to_evaluate=points)
+        else:
+            algorithm = OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=seed,
+                                     points_to_evaluate=points)
     else:
         # Not a Searcher: Tune ignores max_concurrent_trials for it and a ConcurrencyLimiter
-        # cannot wrap it, so it carries its own limit.
-        algorithm = (BasicVariantGenerator(random_state=config.tune.seed, max_concurrent=concurrency)
-                     if ledger is None else
-                     BudgetedVariantGenerator(ledger, random_state=config.tune.seed, max_concurrent=concurrency))
+        # cannot wrap it, so it carries its own limit. Each point replaces one of the
+        # num_samples samples (its grid laid out as for any sample: lexiray.warm.carried_point).
+        options = dict(random_state=seed, max_concurrent=concurrency, points_to_evaluate=points)
+        algorithm = (BasicVariantGenerator(**options) if ledger is None
+                     else BudgetedVariantGenerator(ledger, **options))
     # Every other algorithm is a Searcher, which suggests a trial whenever Tune has room: left
     # alone it runs as many trials as the cluster holds, not `concurrency` (the slots
     # tune.max_concurrent_trials or the resources give), and a model-based one suggests from fewer
@@ -194,13 +223,13 @@ def scheduler(config: ExperimentConfig, max_t: int, grace: int):
 
 
 def tune_config(config: ExperimentConfig, max_t: int, grace: int, concurrency: int,
-                ledger: BudgetLedger | None = None) -> tune.TuneConfig:
+                ledger: BudgetLedger | None = None, warm: WarmStart | None = None) -> tune.TuneConfig:
     return tune.TuneConfig(
         num_samples=config.tune.num_samples,
         # the search algorithm carries the limit, whichever it is (search_algorithm); Tune would
         # only warn that this one is ignored
         max_concurrent_trials=None,
-        search_alg=search_algorithm(config, concurrency, ledger),
+        search_alg=search_algorithm(config, concurrency, ledger, warm),
         scheduler=scheduler(config, max_t, grace),
         time_budget_s=config.tune.time_budget_s,
         trial_name_creator=lambda trial: trial.trial_id,
@@ -244,6 +273,13 @@ class RecordFinishedTrials(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         storage.mark_finished(self.layout, trial.trial_id, trial.last_result or {})
 
+    # A failed attempt (retried or not): twins waiting for this trial's results train instead.
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        storage.mark_failed(self.layout, trial.trial_id)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        storage.mark_failed(self.layout, trial.trial_id)
+
 
 def _prepare_data(config: ExperimentConfig, console):
     """Tokenize once, in the driver, before Ray starts: a data mistake leaves no Ray session."""
@@ -275,10 +311,12 @@ def _trainable(plan: TrialPlan):
 
 
 def trial_plan(config: ExperimentConfig, data: TrainingData, layout: ExperimentLayout,
-               chaos: ChaosSpec | None = None) -> TrialPlan:
+               chaos: ChaosSpec | None = None, data_print: str = "",
+               warm_start: ExperimentLayout | None = None) -> TrialPlan:
     """What every trial shares; the report mailbox only where trials run a Train controller."""
     mailbox = None if trains_in_trial_actor(config) else start_mailbox()
-    return TrialPlan(config, data, layout, chaos, mailbox=mailbox)
+    return TrialPlan(config, data, layout, chaos, mailbox=mailbox, data_fingerprint=data_print,
+                     warm_start=warm_start)
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; `ray job stop` and Kubernetes
@@ -354,6 +392,8 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
     if not config.search:
         console.print("note: the config has no search: block; every trial runs the same settings")
     prepared, max_t, grace = check_before_ray(config, layout, console)
+    data_print = data_fingerprint(config)
+    warm = read_warm_start(config, data_print, layout)  # a bad --warm-start fails before Ray starts
     init_ray(address, verbose=verbose)
     ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)
@@ -368,14 +408,17 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
                   f"reduction {config.tune.reduction_factor:g}), search {config.tune.search_alg}")
     if config.resources.price_per_hour is not None:
         console.print(price_line(config))
+    if warm is not None:
+        console.print(describe(warm))
     if layout.tensorboard_dir:
         console.print(f"tensorboard --logdir {layout.tensorboard_dir}")
     ledger = budget_ledger(config)
-    plan = trial_plan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None)
+    plan = trial_plan(config, data, layout, chaos.bound_to(layout.chaos_folder) if chaos and layout.is_local else None,
+                      data_print=data_print, warm_start=warm.source if warm else None)
     tuner = tune.Tuner(
         _trainable(plan),
         param_space=build_param_space(config),
-        tune_config=tune_config(config, max_t, grace, concurrency, ledger),
+        tune_config=tune_config(config, max_t, grace, concurrency, ledger, warm),
         run_config=run_config(config, layout, max_t, verbose),
     )
     return _fit(tuner, layout, config, max_t, ledger)
@@ -403,6 +446,13 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     if not tune.Tuner.can_restore(layout.root):
         raise LexirayError(f"{layout.root}: no Tune experiment state to resume from")
     prepared, max_t, _ = check_before_ray(config, layout, console)
+    data_print = data_fingerprint(config)
+    # the earlier experiment's finished trials stay reusable; the search itself is restored
+    try:
+        warm = read_warm_start(config, data_print, layout)
+    except LexirayError as error:  # gone since: the trials it would have spared train instead
+        console.print(f"note: {error}; its trials are not reused")
+        warm = None
     init_ray(address, verbose=verbose)
     ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)
@@ -411,7 +461,8 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
     console.print(f"resuming {layout.root}")
     tuner = tune.Tuner.restore(
         layout.root,
-        trainable=_trainable(trial_plan(config, data, layout)),
+        trainable=_trainable(trial_plan(config, data, layout, data_print=data_print,
+                                        warm_start=warm.source if warm else None)),
         resume_unfinished=True,
         resume_errored=retry_errored,
         restart_errored=False,

@@ -27,7 +27,7 @@ FULL = TrialReport(
     ran_gradient_checkpointing=True, ran_max_seq_length=512, ran_lora_r=8, ran_optim="adamw_torch",
     precision_retries=1, ran_precision="fp16 autocast, fp32 weights", diverged="diverged: non-finite loss nan",
     eval_loss_at_start=4.0, skipped_memory=True, estimated_memory_gb=3.2, memory_budget_gb=16.0,
-    checkpoint_path="/exp/trial_1/checkpoint_000001", time_total_s=30.0,
+    checkpoint_path="/exp/trial_1/checkpoint_000001", time_total_s=30.0, reused_from="cold/a1b2c3d4",
     extra={"learning_rate": 1e-4, "epoch": 0.5, "grad_norm": 0.7},
 )
 
@@ -132,3 +132,12 @@ def test_another_tuned_metric_gets_its_column_after_the_status(metric, best):
     for view in (CSV, TERMINAL, REPORT):
         assert views[view][views[view].index("status") + 1] == metric, view
     assert rows[0].score == best and rows[0].as_dict()[metric] == best
+
+
+def test_a_reused_trial_is_marked_in_every_table():
+    report = TrialReport(step=8, eval_loss=2.0, total_steps=8, reused_from="cold/abc")
+    rows = leaderboard_rows([TrialRecord("t1", "TERMINATED", [report.to_result()], CONFIG, {})])
+    assert len(rows) == 1 and rows[0].status == "DONE"
+    assert "done (reused)" in leaderboard_markdown(rows, "eval_loss")
+    parsed = list(csv.DictReader(leaderboard_csv(rows, "eval_loss").splitlines()))
+    assert len(parsed) == 1 and parsed[0]["reused_from"] == "cold/abc" and parsed[0]["status"] == "DONE"
