@@ -27,6 +27,8 @@ import math
 from lexiray.config import ExperimentConfig, ResourceSettings
 
 SECONDS_PER_HOUR = 3600.0
+# A report's cost keys: a reused trial (lexiray.warm) replays its twin's reports with these at 0.
+COST_KEYS = ("paid_s", "cost_usd", "projected_cost_usd")
 
 
 def hourly_rate(resources: ResourceSettings) -> float | None:

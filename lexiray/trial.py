@@ -58,7 +58,7 @@ from lexiray.channel import ReportToTune, TrainRunChannel, TrialChannel, TuneSes
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, init_ray
 from lexiray.config import ExperimentConfig, apply_sample
-from lexiray.cost import hourly_rate
+from lexiray.cost import COST_KEYS, hourly_rate
 from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
@@ -272,6 +272,9 @@ def replay_twin(source: ExperimentLayout, twin_id: str) -> None:
         if isinstance(result.get("checkpoint_path"), str):
             result["checkpoint_path"] = source.checkpoint_location(result["checkpoint_path"])
         result.setdefault("reused_from", f"{source.name}/{twin_id}")
+        for key in COST_KEYS:  # the twin paid for its training; this trial pays nothing (lexiray.cost)
+            if key in result:
+                result[key] = 0.0
         ray.tune.report(result)
 
 

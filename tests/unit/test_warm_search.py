@@ -21,7 +21,7 @@ def test_optuna_suggests_the_points_first_and_knows_the_earlier_results():
     pytest.importorskip("optuna")
     config = load_config("smoke", ["tune.search_alg=optuna"])
     warm = WarmStart(ExperimentLayout("/earlier/cold"), POINTS, EVALUATED, seed=11)
-    algorithm = search_algorithm(config, 2, warm)  # a ConcurrencyLimiter around the Optuna search
+    algorithm = search_algorithm(config, 2, warm=warm)  # a ConcurrencyLimiter around the Optuna search
     assert algorithm.set_search_properties(config.tune.metric, config.tune.mode, build_param_space(config))
     study = algorithm.searcher._ot_study  # Optuna's study: the told results are its complete trials
     assert len([trial for trial in study.trials if trial.state.name == "COMPLETE"]) == 3
