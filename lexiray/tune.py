@@ -225,7 +225,8 @@ def stop_on_signals(resume_command: str, received: list[str]):
             signal.signal(stop_signal, handler)
 
 
-def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int) -> TuningRun:
+def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int,
+         eval_data=None) -> TuningRun:
     started = time.time()
     ray_seam.record_trials_whose_actor_died()
     received: list[str] = []
@@ -234,7 +235,8 @@ def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, 
     # The scratch folders the killed workers of stopped trials left on this machine; the
     # workers of the trials ASHA stopped last may still be dying, so give them a moment.
     storage.sweep_scratch_dirs(wait_s=10)
-    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None)
+    return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None,
+                     eval_data=eval_data)
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
@@ -277,7 +279,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
         tune_config=tune_config(config, max_t, grace, concurrency),
         run_config=run_config(config, layout, max_t, verbose),
     )
-    return _fit(tuner, layout, config, max_t)
+    return _fit(tuner, layout, config, max_t, prepared.eval)
 
 
 def resume_tuning(path_or_name: str, console, retry_errored: bool = False, address: str | None = None,
@@ -305,4 +307,4 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
         restart_errored=False,
         param_space=build_param_space(config),
     )
-    return _fit(tuner, layout, config, max_t)
+    return _fit(tuner, layout, config, max_t, prepared.eval)

@@ -11,7 +11,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lexiray"
 LAYERS = ["errors", "config", "results", "chaos", "space", "tiny", "data", "model", "memory", "oom", "precision",
-          "storage", "ray_seam", "cluster", "channel", "hf_trainer", "trial", "progress", "tune", "plots", "report",
+          "storage", "ray_seam", "cluster", "scoring", "channel", "hf_trainer", "trial", "progress", "tune", "plots", "report",
           "cli"]
 ENTRY_POINTS = {"__init__": ["errors"], "__main__": ["cli"]}
 
