@@ -138,7 +138,8 @@ def test_report_writes_plots_and_a_readme_with_the_leaderboard(asha):
     report = root / "report"
     assert f"report: {report / 'README.md'}" in result.stdout and "leaderboard" in result.stdout
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == ["eval_loss.png", "eval_loss_by_setting.png", "quality_speed.png", "task_losses.png"]
+    assert pngs == ["eval_loss.png", "eval_loss_by_setting.png", "quality_speed.png", "task_losses.png",
+                    "task_scores.png"]  # task_scores: lexiray.scoring, run at the end of the tune
     for name in pngs:
         with Image.open(report / name) as image:
             assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 400
