@@ -339,7 +339,8 @@ def _checkpoint_dir(layout: ExperimentLayout, path: str):
 
 
 def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: list[ScoreTarget],
-                 rows: list[EvalRow], progress: Callable[[str], None] | None = None) -> list[ModelScores]:
+                 rows: list[EvalRow], progress: Callable[[str], None] | None = None,
+                 tokenizer=None) -> list[ModelScores]:
     """Score the targets in this process: one base model (per precision) loaded once, every
     trial's adapter loaded onto it, and all of them (the base too) answering in the same
     mixed-adapter batches (`generate_answers`). A model's `seconds` is its share of the group's."""
@@ -348,8 +349,7 @@ def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: li
 
     from lexiray.model import load_base_model, load_tokenizer
 
-    tokenizer = load_tokenizer(config.model)
-    tokenizer.padding_side = "left"
+    tokenizer = tokenizer or load_tokenizer(config.model)
     references = [row.reference for row in rows]
     tasks = [row.task for row in rows]
     results = []
@@ -419,13 +419,12 @@ def score_models_on_ray(layout: ExperimentLayout, config: ExperimentConfig, targ
     from lexiray.config import config_to_yaml
 
     resources = config.resources
-    remote = ray.remote(_score_one_remote).options(num_cpus=resources.cpus_per_trial,
-                                                   num_gpus=resources.gpus_per_trial, max_retries=1)
+    remote = ray.remote(_score_one_remote)
     yaml_text = config_to_yaml(config)
     rows_ref = ray.put(rows)
     pending = {}
     for target in targets:
-        options = {}
+        options = {"num_cpus": resources.cpus_per_trial, "num_gpus": resources.gpus_per_trial, "max_retries": 1}
         if target.node_id:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(target.node_id, soft=True)
         pending[remote.options(**options).remote(layout.root, yaml_text, target, rows_ref)] = target.name
@@ -468,7 +467,8 @@ def run_scoring(layout: ExperimentLayout, config: ExperimentConfig, targets: lis
     if progress:
         progress(f"scoring {len(targets)} models on {len(rows)} eval rows "
                  f"({'Ray tasks where the trials ran' if on_ray else 'in this process'})")
-    models = (score_models_on_ray if on_ray else score_models)(layout, config, targets, rows, progress)
+    models = (score_models_on_ray(layout, config, targets, rows, progress) if on_ray
+              else score_models(layout, config, targets, rows, progress, tokenizer))
     if keep is not None and keep.eval_rows == len(rows):
         names = {model.name for model in models}
         models = [*models, *(model for model in keep.models if model.name not in names)]
