@@ -216,9 +216,10 @@ def eval_rows(eval_data, tokenizer) -> list[EvalRow]:
     return rows
 
 
-def max_new_tokens(rows: list[EvalRow], margin: float = 1.25, cap: int = 512) -> int:
-    """Generation length for a group of rows: its longest reference answer plus a quarter
-    (answers a little longer than the reference still end), capped."""
+def max_new_tokens(rows: list[EvalRow], margin: float = 1.1, cap: int = 512) -> int:
+    """Generation length for a group of rows: its longest reference answer plus a tenth and
+    two tokens (an answer a little longer than the reference still ends; a model that never
+    stops costs no more than that), capped."""
     longest = max((row.answer_tokens for row in rows), default=1)
     return max(1, min(cap, math.ceil(longest * margin) + 2))
 
@@ -301,6 +302,7 @@ class ScoreRun:
     tuning_seconds: float | None  # the tuning's wall time, for the ratio
     where: str  # "driver" or "ray tasks"
     rows_per_task: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # rows_s, load_s, generate_s (in this process)
 
     @property
     def base(self) -> ModelScores | None:
@@ -340,10 +342,11 @@ def _checkpoint_dir(layout: ExperimentLayout, path: str):
 
 def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: list[ScoreTarget],
                  rows: list[EvalRow], progress: Callable[[str], None] | None = None,
-                 tokenizer=None) -> list[ModelScores]:
+                 tokenizer=None, phases: dict[str, float] | None = None) -> list[ModelScores]:
     """Score the targets in this process: one base model (per precision) loaded once, every
     trial's adapter loaded onto it, and all of them (the base too) answering in the same
-    mixed-adapter batches (`generate_answers`). A model's `seconds` is its share of the group's."""
+    mixed-adapter batches (`generate_answers`). A model's `seconds` is its share of the group's;
+    `phases` gets the seconds spent loading (base + adapters) and generating."""
     import torch
     from peft import PeftModel
 
@@ -353,15 +356,16 @@ def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: li
     references = [row.reference for row in rows]
     tasks = [row.task for row in rows]
     results = []
+    phases = {} if phases is None else phases
     by_precision: dict[str, list[ScoreTarget]] = defaultdict(list)
     for target in targets:
         by_precision[target.precision].append(target)
     for precision, group in by_precision.items():
+        started = time.time()
         model = load_base_model(config.model, precision)
         if torch.cuda.is_available() and config.model.quantization == "none":
             model = model.to("cuda")
         model.config.use_cache = True
-        started = time.time()
         for target in group:
             if target.checkpoint is None:
                 continue
@@ -371,7 +375,10 @@ def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: li
                 else:
                     model.load_adapter(folder, adapter_name=target.name)
         adapters = [None if target.checkpoint is None else target.name for target in group]
+        loaded = time.time()
         answered = generate_answers(model, tokenizer, rows, adapters)
+        phases["load_s"] = phases.get("load_s", 0.0) + loaded - started
+        phases["generate_s"] = phases.get("generate_s", 0.0) + time.time() - loaded
         seconds = (time.time() - started) / len(group)
         for target, adapter in zip(group, adapters):
             answers = answered[adapter]
@@ -446,6 +453,25 @@ def runs_on_ray(config: ExperimentConfig, layout: ExperimentLayout) -> bool:
     return config.resources.gpus_per_trial > 0 or not layout.is_local
 
 
+def warm_imports(config: ExperimentConfig, layout: ExperimentLayout) -> None:
+    """Import what scoring in this process needs (peft, sacrebleu; ~2 s on 2 cores, most of the
+    demo's scoring otherwise) in a background thread, called as the tuning starts: the driver
+    mostly waits on its trials then, so the imports cost the end of the run nothing. Nothing
+    when scoring is off or runs as Ray tasks."""
+    if not config.tune.score_top_k or runs_on_ray(config, layout):
+        return
+    import threading
+
+    def run() -> None:
+        try:
+            import peft  # noqa: F401
+            import sacrebleu.metrics  # noqa: F401
+        except Exception:  # noqa: BLE001 - scoring imports them again and reports what fails
+            pass
+
+    threading.Thread(target=run, name="lexiray-scoring-imports", daemon=True).start()
+
+
 def run_scoring(layout: ExperimentLayout, config: ExperimentConfig, targets: list[ScoreTarget], eval_data,
                 tuning_seconds: float | None = None, on_ray: bool | None = None,
                 progress: Callable[[str], None] | None = None, keep: ScoreRun | None = None) -> ScoreRun:
@@ -461,6 +487,7 @@ def run_scoring(layout: ExperimentLayout, config: ExperimentConfig, targets: lis
 
         eval_data = prepare_data(config.data, tokenizer).eval
     rows = eval_rows(eval_data, tokenizer)
+    phases = {"rows_s": time.time() - started}
     if not rows:
         raise LexirayError(f"{layout.root}: no evaluation rows to score")
     on_ray = runs_on_ray(config, layout) if on_ray is None else on_ray
@@ -468,7 +495,7 @@ def run_scoring(layout: ExperimentLayout, config: ExperimentConfig, targets: lis
         progress(f"scoring {len(targets)} models on {len(rows)} eval rows "
                  f"({'Ray tasks where the trials ran' if on_ray else 'in this process'})")
     models = (score_models_on_ray(layout, config, targets, rows, progress) if on_ray
-              else score_models(layout, config, targets, rows, progress, tokenizer))
+              else score_models(layout, config, targets, rows, progress, tokenizer, phases))
     if keep is not None and keep.eval_rows == len(rows):
         names = {model.name for model in models}
         models = [*models, *(model for model in keep.models if model.name not in names)]
@@ -477,7 +504,7 @@ def run_scoring(layout: ExperimentLayout, config: ExperimentConfig, targets: lis
     for row in rows:
         counts[row.task] += 1
     run = ScoreRun(len(rows), models, time.time() - started, tuning_seconds, "ray tasks" if on_ray else "driver",
-                   dict(sorted(counts.items())))
+                   dict(sorted(counts.items())), phases)
     storage.write_text(layout.scores_file, run.to_json())
     return run
 

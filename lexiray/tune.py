@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import ray
 from ray import tune
 
-from lexiray import ray_seam, storage
+from lexiray import ray_seam, scoring, storage
 from lexiray.channel import start_mailbox
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, check_shared_storage, default_concurrency, init_ray
@@ -228,6 +228,7 @@ def stop_on_signals(resume_command: str, received: list[str]):
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int,
          eval_data=None) -> TuningRun:
     started = time.time()
+    scoring.warm_imports(config, layout)  # while the driver waits on its trials
     ray_seam.record_trials_whose_actor_died()
     received: list[str] = []
     with stop_on_signals(f"lexiray resume {layout.root}", received):
