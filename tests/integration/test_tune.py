@@ -125,7 +125,13 @@ def test_export_another_trial(asha, tmp_path):
 
 def _markdown_table(text: str) -> list[dict]:
     """The first Markdown table of a text, as dicts by header."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    all_lines = text.splitlines()
+    start = next(index for index, line in enumerate(all_lines) if line.startswith("|"))
+    lines = []
+    for line in all_lines[start:]:  # up to the table's end: the task-score tables come later
+        if not line.startswith("|"):
+            break
+        lines.append(line)
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
