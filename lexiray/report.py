@@ -229,8 +229,8 @@ def selection_note(selection: dict, metric: str) -> str:
     """One line on which trial was taken and whether the two rankings agree."""
     if not selection.get("best_by_task_score"):
         if selection.get("fallback"):
-            return f"select_by task_score: no trial has a task score; took the best by {metric}, " \
-                   f"{selection['best_by_metric']}"
+            return (f"select_by task_score: no trial has a task score; took the best by {metric}, "
+                    f"{selection['best_by_metric']}")
         return ""
     if not selection["disagree"]:
         return f"the best by {metric} and by task score agree: trial {selection['selected']}"
@@ -619,8 +619,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
         destination = export_trial(layout)
         summary["best_adapter"] = destination
         storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
-        by = f" (by task score {best['task_score']:.3f})" if summary["selection"]["select_by"] == "task_score" \
-            and is_number(best.get("task_score")) else ""
+        by_score = summary["selection"]["select_by"] == "task_score" and is_number(best.get("task_score"))
+        by = f" (by task score {best['task_score']:.3f})" if by_score else ""
         console.print(f"best trial {best['trial_id']}{by}: {summary['metric']} {best[summary['metric']]:.4f} "
                       f"(lr {best['learning_rate']:.2e}, r {best['lora_r']}, alpha {best['lora_alpha']}, "
                       f"batch {best['batch_size']}×{best['grad_accum']})")
