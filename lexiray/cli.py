@@ -451,6 +451,41 @@ def report(
 
 
 @app.command()
+def score(
+    path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI"),
+    trial: Optional[str] = typer.Option(None, "--trial", help="Score this trial (and the base) only; the other "
+                                        "trials' scores are kept"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="Trials to score, best first "
+                                        "(default: the experiment's tune.score_top_k, or 3 where that is 0)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address, where the trials ran on "
+                                          "GPUs or a cluster (default: local)"),
+    debug: bool = DebugOption,
+):
+    """Task scores from generations on the eval rows: the best trials and the base, per task;
+    then the leaderboard, report and summary again, with tune.select_by's choice."""
+    from lexiray.report import (build_report, print_leaderboard, print_report_locations, print_scores,
+                                read_summary, score_experiment)
+    from lexiray.scoring import runs_on_ray
+    from lexiray.storage import find_experiment, read_experiment_config
+
+    layout = find_experiment(path)
+    config = read_experiment_config(layout)
+    on_ray = runs_on_ray(config, layout)
+    if on_ray:
+        from lexiray.cluster import init_ray
+
+        init_ray(address)
+    run = score_experiment(layout, console, trial_id=trial, on_ray=on_ray,
+                           top_k=top_k or config.tune.score_top_k or 3)
+    if run is None:
+        raise LexirayError(f"{layout.root}: no trial kept a checkpoint to score")
+    summary = build_report(layout, wall_time_s=(read_summary(layout) or {}).get("wall_time_s"))
+    print_leaderboard(summary, console, top=config.report.top)
+    print_scores(run, summary, console)
+    print_report_locations(summary, layout, console)
+
+
+@app.command()
 def export(
     path: str = typer.Argument(..., help="Experiment folder (storage_path/name) or URI, or a `lexiray train` "
                                "output folder"),

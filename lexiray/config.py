@@ -177,6 +177,17 @@ class TuneSettings(Section):
     # An earlier experiment (folder, name or URI) that seeds this search (lexiray.warm): its best
     # configurations run first, Optuna is told its results, its finished trials are reused.
     warm_start: str | None = None
+    # Task scores from generations (lexiray.scoring) for the best score_top_k trials and the
+    # base after the run; 0: none. select_by: which trial best/ and `lexiray export` take.
+    score_top_k: int = Field(3, ge=0)
+    select_by: Literal["eval_loss", "task_score"] = "eval_loss"
+
+    @model_validator(mode="after")
+    def _select_by_needs_scores(self) -> "TuneSettings":
+        if self.select_by == "task_score" and self.score_top_k == 0:
+            raise ValueError("select_by=task_score needs task scores but score_top_k=0 scores no trial: set "
+                             "tune.score_top_k to 1 or more, or tune.select_by=eval_loss")
+        return self
 
     @model_validator(mode="after")
     def _grace_before_max_t(self) -> "TuneSettings":

@@ -207,3 +207,33 @@ def task_losses(rows: list[LeaderboardRow], tasks: list[str], top: int = 5) -> b
     axis.legend(fontsize=8, title="trial", loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside, not over, the bars
     axis.grid(axis="y", alpha=0.3)
     return _png(figure)
+
+
+def task_scores(tasks: list[str], models: list[tuple[str, dict[str, float | None]]]) -> bytes:
+    """Per-task scores (0–1, lexiray.scoring) of the scored models, one group of bars per
+    task: the base grey and hatched, the trials by their order (best first), each bar named."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(min(12, max(7, 0.45 * len(tasks) * max(len(models), 1))), 4.8))
+    width = 0.8 / max(len(models), 1)
+    cmap = plt.get_cmap("viridis")
+    trials = [name for name, _ in models if name != "base"]
+    for index, (name, scores) in enumerate(models):
+        xs = [position + (index - (len(models) - 1) / 2) * width for position in range(len(tasks))]
+        values = [scores.get(task) for task in tasks]
+        values = [value if _number(value) else math.nan for value in values]
+        if name == "base":
+            style = {"color": "0.75", "hatch": "//", "edgecolor": "0.4"}
+            label = "base (untrained)"
+        else:
+            style = {"color": cmap(0.85 * trials.index(name) / max(len(trials) - 1, 1))}
+            label = f"trial {_short(name)}"
+        bars = axis.bar(xs, values, width=width * 0.95, label=label, **style)
+        axis.bar_label(bars, labels=[f"{v:.2f}" if _number(v) else "" for v in values], fontsize=7, padding=1)
+    axis.set_xticks(range(len(tasks)), tasks)
+    axis.set_ylim(0, 1.08)
+    axis.set_xlabel("task")
+    axis.set_ylabel("task score (0–1)")
+    axis.set_title("per-task scores from generations: scored trials against the base")
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axis.grid(axis="y", alpha=0.3)
+    return _png(figure)

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from lexiray import plots, storage
+from lexiray import plots, scoring, storage
 from lexiray.config import ExperimentConfig
 from lexiray.cost import money, planned_trials
 from lexiray.errors import LexirayError
@@ -134,19 +134,150 @@ def task_names(rows: list[LeaderboardRow]) -> list[str]:
     return sorted({task for row in rows for task in row.task_losses})
 
 
+def figure_names(rows: list[LeaderboardRow]) -> list[str]:
+    """The scored "<task>/<figure>" names any trial has (lexiray.scoring), sorted."""
+    return sorted({name for row in rows for name in row.score_figures})
+
+
 def leaderboard_columns(rows: list[LeaderboardRow], metric: str) -> list[str]:
     """leaderboard.csv's columns: the tuned metric after the status, then eval_loss and
-    the per-task losses beside it."""
-    return [column for column, _ in table(CSV, metric, task_names(rows))]
+    the per-task losses beside it, the task score and its figures."""
+    return [column for column, _ in table(CSV, metric, task_names(rows), figure_names(rows))]
 
 
 def leaderboard_csv(rows: list[LeaderboardRow], metric: str) -> str:
-    columns = table(CSV, metric, task_names(rows))
+    columns = table(CSV, metric, task_names(rows), figure_names(rows))
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow([column for column, _ in columns])
     writer.writerows([[value(row) for _, value in columns] for row in rows])
     return text.getvalue()
+
+
+# --------------------------------------------------------------------------- task scores
+
+
+def score_targets(rows: list[LeaderboardRow], top_k: int, trial_id: str | None = None) -> list[scoring.ScoreTarget]:
+    """The base and the trials to score: `trial_id`, or the leaderboard's first `top_k`
+    trials that kept a checkpoint and did not diverge. The base at the precision of the
+    first (the best trial's: on a GPU, what it trained in), on its node."""
+    if trial_id:
+        chosen = [row for row in rows if row.trial_id == trial_id]
+        if not chosen:
+            known = ", ".join(row.trial_id for row in rows) or "none"
+            raise LexirayError(f"no trial {trial_id!r} to score (trials: {known})")
+        if not chosen[0].best.checkpoint_path:
+            raise LexirayError(f"trial {trial_id} kept no checkpoint to score")
+    else:
+        chosen = [row for row in rows if row.status != "DIVERGED" and row.best.checkpoint_path][:top_k]
+    targets = [scoring.ScoreTarget(row.trial_id, row.best.checkpoint_path, row.last.precision or "fp32",
+                                   row.last.node_id or row.best.node_id) for row in chosen]
+    if not targets:
+        return []
+    return [scoring.ScoreTarget(scoring.BASE, None, targets[0].precision, targets[0].node_id), *targets]
+
+
+def score_experiment(layout: ExperimentLayout, console, trial_id: str | None = None, eval_data=None,
+                     tuning_seconds: float | None = None, records: list[TrialRecord] | None = None,
+                     on_ray: bool | None = None, top_k: int | None = None) -> scoring.ScoreRun | None:
+    """Generate and score answers on the eval rows for the base and the best
+    tune.score_top_k trials (or `trial_id`), into scores.json; a rescore keeps the other
+    trials' scores already there. None when there is nothing to score."""
+    config = storage.read_experiment_config(layout)
+    top_k = config.tune.score_top_k if top_k is None else top_k
+    if not top_k and not trial_id:
+        return None
+    rows = leaderboard_rows(records if records is not None else collect_trials(layout), config.tune.metric,
+                            config.tune.mode)
+    targets = score_targets(rows, top_k or 1, trial_id)
+    if not targets:
+        console.print("task scores: no trial kept a checkpoint to score")
+        return None
+    previous = scoring.read_scores(layout)
+    if tuning_seconds is None and previous is not None:
+        tuning_seconds = previous.tuning_seconds
+    run = scoring.run_scoring(layout, config, targets, eval_data, tuning_seconds, on_ray=on_ray,
+                              progress=lambda line: console.print(line, markup=False),
+                              keep=previous if trial_id else None)
+    return run
+
+
+def apply_scores(rows: list[LeaderboardRow], run: scoring.ScoreRun | None) -> list[LeaderboardRow]:
+    """The rows with their trial's task score and figures (rows not scored keep None)."""
+    if run is None:
+        return rows
+    scored = {model.name: model for model in run.trials}
+    return [replace(row, task_score=scored[row.trial_id].task_score,
+                    score_figures=scoring.figure_columns(scored[row.trial_id].per_task))
+            if row.trial_id in scored else row for row in rows]
+
+
+def select_best(rows: list[LeaderboardRow], select_by: str) -> tuple[LeaderboardRow | None, dict]:
+    """The trial `best/` and `lexiray export` take, and the choice explained: the best by the
+    tuned metric (the leaderboard's first that did not diverge) and the best by task score
+    (the highest among the scored trials that did not diverge). select_by=task_score with no
+    scored trial falls back to the tuned metric, and says so."""
+    by_loss = next((row for row in rows if row.status != "DIVERGED"), None)
+    scored = [row for row in rows if row.status != "DIVERGED" and is_number(row.task_score)]
+    by_score = max(scored, key=lambda row: row.task_score) if scored else None
+    chosen = by_score if select_by == "task_score" and by_score is not None else by_loss
+    selection = {
+        "select_by": select_by,
+        "selected": chosen.trial_id if chosen else None,
+        "best_by_metric": by_loss.trial_id if by_loss else None,
+        "best_by_task_score": by_score.trial_id if by_score else None,
+        "disagree": bool(by_loss and by_score and by_loss.trial_id != by_score.trial_id),
+        "fallback": select_by == "task_score" and by_score is None,
+    }
+    return chosen, selection
+
+
+def selection_note(selection: dict, metric: str) -> str:
+    """One line on which trial was taken and whether the two rankings agree."""
+    if not selection.get("best_by_task_score"):
+        if selection.get("fallback"):
+            return (f"select_by task_score: no trial has a task score; took the best by {metric}, "
+                    f"{selection['best_by_metric']}")
+        return ""
+    if not selection["disagree"]:
+        return f"the best by {metric} and by task score agree: trial {selection['selected']}"
+    return (f"the best by {metric} (trial {selection['best_by_metric']}) and by task score (trial "
+            f"{selection['best_by_task_score']}) differ; select_by {selection['select_by']} took trial "
+            f"{selection['selected']}")
+
+
+def score_summary(run: scoring.ScoreRun) -> dict:
+    """summary.json's task_scores: every scored model's task score and figures, the timing."""
+    return {
+        "eval_rows": run.eval_rows,
+        "rows_per_task": run.rows_per_task,
+        "where": run.where,
+        "scoring_wall_time_s": run.seconds,
+        "tuning_wall_time_s": run.tuning_seconds,
+        "share_of_tuning": run.seconds / run.tuning_seconds if run.tuning_seconds else None,
+        "line": scoring.score_line(run),
+        "models": {model.name: {"task_score": model.task_score, "per_task": model.per_task}
+                   for model in run.models},
+    }
+
+
+def score_markdown(run: scoring.ScoreRun) -> str:
+    """The per-task table (each task's 0–1 score, base and scored trials) and each task's
+    figures, as Markdown."""
+    table_rows = scoring.score_table(run)
+    lines = ["| " + " | ".join(table_rows[0]) + " |", "|" + "---|" * len(table_rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows[1:]]
+    lines += ["", "Each task's 0–1 score: " + "; ".join(f"{task}: {how}" for task, how in
+                                                         scoring.TASK_SCORE_FIGURE.items()) + ". The task score is "
+              "their mean. Every figure:", ""]
+    figures = sorted({f"{task}/{name}" for m in run.models for task, values in m.per_task.items() for name in values
+                      if name != "score"})
+    lines += ["| figure | " + " | ".join(m.name for m in run.models) + " |", "|" + "---|" * (len(run.models) + 1)]
+    for figure in figures:
+        task, name = figure.split("/", 1)
+        lines.append(f"| {figure} | " + " | ".join(cell((m.per_task.get(task) or {}).get(name), ".3f")
+                                                   for m in run.models) + " |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- report folder
@@ -204,6 +335,13 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
     if tasks:
         figures["task_losses.png"] = (plots.task_losses(rows, tasks),
                                       "per-task eval_loss of the top trials, at each one's best checkpoint")
+    scores = scoring.read_scores(layout)
+    if scores is not None and scores.models:
+        scored_tasks = sorted({task for model in scores.models for task in model.per_task})
+        figures["task_scores.png"] = (
+            plots.task_scores(scored_tasks, [(model.name, {task: values.get("score") for task, values
+                                                           in model.per_task.items()}) for model in scores.models]),
+            "per-task scores (0–1) from greedy generations on the eval rows: the scored trials against the base")
     for name, (image, _) in figures.items():
         storage.write_bytes(layout.report_file(name), image)
     best = summary.get("best") or {}
@@ -215,6 +353,11 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
                 else ""), "", *([cost_line(summary), ""] if cost_line(summary) else []),
              "## Leaderboard", "", leaderboard_markdown(rows, metric), "",
              f"TensorBoard (curves and the HParams dashboard): `tensorboard --logdir {layout.tensorboard_dir}`", ""]
+    if scores is not None and scores.models:
+        note = selection_note(summary.get("selection") or {}, metric)
+        lines += ["## Task scores", "", scoring.score_line(scores), "", score_markdown(scores), "",
+                  f"`best/` holds the trial chosen by tune.select_by={summary.get('selection', {}).get('select_by')}"
+                  + (f": {note}." if note else "."), ""]
     for name, (_, caption) in figures.items():
         lines += [f"## {caption[0].upper()}{caption[1:]}", "", f"![{caption}]({name})", ""]
     storage.write_text(layout.report_file("README.md"), "\n".join(lines))
@@ -242,7 +385,8 @@ def session_hparams(row: LeaderboardRow) -> dict:
 
 def session_metrics(row: LeaderboardRow) -> dict[str, float]:
     """A trial's summary numbers, logged as `hparams/<name>` scalars in its run."""
-    metrics = {name: value(row) for name, value in table(HPARAMS, row.metric, list(row.task_losses))}
+    metrics = {name: value(row) for name, value in table(HPARAMS, row.metric, list(row.task_losses),
+                                                         list(row.score_figures))}
     metrics = {name: float(value) if isinstance(value, bool) else value for name, value in metrics.items()}
     return {f"hparams/{name}": float(value) for name, value in metrics.items() if is_number(value)}
 
@@ -328,15 +472,19 @@ def cost_line(summary: dict) -> str:
 
 
 def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s: float | None = None,
-                 budget: dict | None = None) -> dict:
+                 budget: dict | None = None, records: list[TrialRecord] | None = None) -> dict:
     """leaderboard.csv, summary.json, every trial's HParams session in TensorBoard and the
     `report/` folder (plots + README.md), written into the experiment (a local folder or
-    a URI). Works on a running experiment: it reads what the trials reported so far."""
+    a URI). Works on a running experiment: it reads what the trials reported so far.
+    Task scores (scores.json) join the rows; tune.select_by picks `best`."""
     config = storage.read_experiment_config(layout)
     metric, mode = config.tune.metric, config.tune.mode
     if budget is None:  # a later `lexiray report`: what the run's own report said of the budget stays
         budget = (read_summary(layout) or {}).get("budget")
-    rows = leaderboard_rows(collect_trials(layout), metric, mode, max_t)
+    scores = scoring.read_scores(layout)
+    rows = apply_scores(leaderboard_rows(records if records is not None else collect_trials(layout), metric, mode,
+                                         max_t), scores)
+    chosen, selection = select_best(rows, config.tune.select_by)
     max_t = max_t or max((row.total_steps or 0 for row in rows), default=0) or None
     storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
     summary = {
@@ -354,7 +502,9 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
         "steps_reused": sum(r.steps for r in rows if r.value("reused_from")),
         "wall_time_s": wall_time_s,
         "tasks": task_names(rows),
-        "best": next((r.as_dict() for r in rows if r.status != "DIVERGED"), None),
+        "best": chosen.as_dict() if chosen else None,  # by tune.select_by (`selection`)
+        "selection": selection,
+        "task_scores": score_summary(scores) if scores is not None else None,
         "leaderboard": [r.as_dict() for r in rows],
         "tensorboard": layout.tensorboard_dir,
         "eval_loss_at_start": next((row.last.eval_loss_at_start for row in rows
@@ -399,12 +549,13 @@ def export_trial(layout: ExperimentLayout, destination: str | Path | None = None
     model folder (the LoRA merged into the base) and the adapter goes to its `adapter/`."""
     summary = read_summary(layout) or build_report(layout)
     rows = summary["leaderboard"]
-    # by default the leaderboard's first trial that did not diverge
-    row = (next((r for r in rows if r["trial_id"] == trial_id), None) if trial_id
-           else next((r for r in rows if r["status"] != "DIVERGED"), None))
+    # by default the trial tune.select_by chose (summary's best): by the tuned metric, the
+    # leaderboard's first trial that did not diverge
+    selected = trial_id or (summary.get("best") or {}).get("trial_id")
+    row = next((r for r in rows if r["trial_id"] == selected), None) if selected else None
     if row is None:
         known = ", ".join(r["trial_id"] for r in rows) or "none"
-        raise LexirayError(f"{layout.root}: no trial {trial_id!r} (trials: {known})" if trial_id
+        raise LexirayError(f"{layout.root}: no trial {trial_id!r} (trials: {known})" if trial_id is not None
                            else f"{layout.root}: no trials to export" if not rows
                            else f"{layout.root}: every trial diverged: pass --trial to export one anyway")
     if not row.get("best_checkpoint"):
@@ -501,8 +652,19 @@ def merge_note(layout: ExperimentLayout, row: dict, config: ExperimentConfig, pr
 def finish_experiment(run: TuningRun, console) -> dict:
     """After `Tuner.fit`: leaderboard, summary, plot, best adapter export, closing lines."""
     layout, config = run.layout, run.config
-    summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s, budget=run.budget)
+    records = collect_trials(layout)
+    scores = None
+    if config.tune.score_top_k:
+        try:
+            scores = score_experiment(layout, console, eval_data=run.eval_data, tuning_seconds=run.wall_time_s,
+                                      records=records)
+        except Exception as error:  # noqa: BLE001 - the tuning's results must still be reported and exported
+            console.print(f"task scores failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); the "
+                          f"report goes on without them: `lexiray score {layout.root}` tries again", markup=False)
+    summary = build_report(layout, max_t=run.max_t, wall_time_s=run.wall_time_s, budget=run.budget, records=records)
     print_leaderboard(summary, console, top=config.report.top)
+    if scores is not None:
+        print_scores(scores, summary, console)
     best = summary.get("best")
     skipped = f"{summary['skipped_memory']} skipped over the GPU memory budget, " if summary["skipped_memory"] else ""
     if summary.get("reused"):
@@ -517,7 +679,9 @@ def finish_experiment(run: TuningRun, console) -> dict:
         destination = export_trial(layout)
         summary["best_adapter"] = destination
         storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
-        console.print(f"best trial {best['trial_id']}: {summary['metric']} {best[summary['metric']]:.4f} "
+        by_score = summary["selection"]["select_by"] == "task_score" and is_number(best.get("task_score"))
+        by = f" (by task score {best['task_score']:.3f})" if by_score else ""
+        console.print(f"best trial {best['trial_id']}{by}: {summary['metric']} {best[summary['metric']]:.4f} "
                       f"(lr {best['learning_rate']:.2e}, r {best['lora_r']}, alpha {best['lora_alpha']}, "
                       f"batch {best['batch_size']}×{best['grad_accum']})")
         start = summary.get("eval_loss_at_start")
@@ -532,6 +696,24 @@ def finish_experiment(run: TuningRun, console) -> dict:
         console.print(f"best adapter: {destination}")
     print_report_locations(summary, layout, console)
     return summary
+
+
+def print_scores(run: scoring.ScoreRun, summary: dict, console) -> None:
+    """The task-score line, the per-task table (best trials against the base) and which trial
+    the selection took when the two rankings differ."""
+    from rich.table import Table
+
+    console.print(scoring.score_line(run), markup=False)
+    rows = scoring.score_table(run)
+    shown = Table(title="task scores (0–1) from greedy generations on the eval rows")
+    for index, label in enumerate(rows[0]):
+        shown.add_column(label, justify="left" if index == 0 else "right")
+    for row in rows[1:]:
+        shown.add_row(*row)
+    console.print(shown)
+    note = selection_note(summary.get("selection") or {}, summary["metric"])
+    if note:
+        console.print(note, markup=False)
 
 
 def print_report_locations(summary: dict, layout: ExperimentLayout, console) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 from lexiray.config import ACCUMULATION_KEY, BATCH_KEY
 
 TASK_LOSS_PREFIX = "eval_loss/"  # eval_loss/<task>, from hf_trainer's per-task evaluation
+SCORE_PREFIX = "score/"  # score/<task>/<figure>: task scores from generations (lexiray.scoring)
 # Filled in by Tune for every result: never a trial's own (a replayed result must not carry the old ones).
 TUNE_AUTO_KEYS = {"done", "training_iteration", "trial_id", "date", "timestamp", "time_this_iter_s", "time_total_s",
                   "pid", "hostname", "node_ip", "time_since_restore", "iterations_since_restore", "experiment_tag",
@@ -183,6 +184,10 @@ class LeaderboardRow:
     sample: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)  # [{"step", metric}] of every scored report
     rank: int = 0
+    # task scores from generations at the best checkpoint (lexiray.scoring): the mean of the
+    # tasks' 0–1 scores, and every figure as "<task>/<figure>"; None / empty: not scored
+    task_score: float | None = None
+    score_figures: dict[str, float] = field(default_factory=dict)
 
     @property
     def stopped_early(self) -> bool:
@@ -199,6 +204,8 @@ class LeaderboardRow:
             return self.score
         if name.startswith(TASK_LOSS_PREFIX):
             return self.task_losses.get(name[len(TASK_LOSS_PREFIX):])
+        if name.startswith(SCORE_PREFIX):
+            return self.score_figures.get(name[len(SCORE_PREFIX):])
         return METRIC[name].value(self)
 
     def as_dict(self, history: bool = False) -> dict:
@@ -208,10 +215,12 @@ class LeaderboardRow:
         for metric in METRICS:
             if metric.per_task:
                 row.update({TASK_LOSS_PREFIX + task: loss for task, loss in self.task_losses.items()})
+            elif metric.per_figure:
+                row.update({SCORE_PREFIX + name: value for name, value in self.score_figures.items()})
             elif metric.name not in ("rank", "trial_id", "status"):
                 row[metric.name] = metric.value(self)
         row[self.metric] = self.score
-        row.update(sample=self.sample, task_losses=self.task_losses)
+        row.update(sample=self.sample, task_losses=self.task_losses, score_figures=self.score_figures)
         if history:
             row["history"] = self.history
         row["rank"] = self.rank
@@ -222,7 +231,7 @@ class LeaderboardRow:
         """A row of summary.json read back."""
         reports = {BEST: {}, LAST: {}}
         for entry in METRICS:
-            if entry.take in reports and not entry.per_task and entry.name in row:
+            if entry.take in reports and not (entry.per_task or entry.per_figure) and entry.name in row:
                 reports[entry.take][entry.reads or entry.name] = row[entry.name]
         own = {name: row.get(name) for name in ("learning_rate", "lora_r", "lora_alpha", "lora_dropout",
                                                  "batch_size", "grad_accum")}
@@ -230,7 +239,8 @@ class LeaderboardRow:
                    row.get("total_steps"), row.get("final_eval_loss"), **own,
                    best=replace(TrialReport(**reports[BEST]), task_losses=dict(row.get("task_losses") or {})),
                    last=TrialReport(**reports[LAST]), sample=dict(row.get("sample") or {}),
-                   history=list(row.get("history") or []), rank=row.get("rank") or 0)
+                   history=list(row.get("history") or []), rank=row.get("rank") or 0,
+                   task_score=row.get("task_score"), score_figures=dict(row.get("score_figures") or {}))
 
 
 def as_rows(rows: list, metric: str = "eval_loss") -> list[LeaderboardRow]:
@@ -289,6 +299,7 @@ class Metric:
     render: Callable[[LeaderboardRow, str], str] | None = None  # (row, view) -> a cell that is not one number
     per_task: bool = False  # one column per task (eval_loss/<task>)
     priced: bool = False  # a USD figure: left out of the terminal and README without a price (`table`)
+    per_figure: bool = False  # one column per scored figure (score/<task>/<figure>)
 
     def value(self, row: LeaderboardRow):
         if self.take == TRIAL:
@@ -296,8 +307,12 @@ class Metric:
         value = getattr(row.best if self.take == BEST else row.last, self.reads or self.name)
         return None if value == "" else value
 
-    def columns(self, tasks: list[str]) -> list[tuple[str, str, str, Callable[[LeaderboardRow], Any]]]:
+    def columns(self, tasks: list[str], figures: list[str] = ()) -> list[tuple[str, str, str,
+                                                                             Callable[[LeaderboardRow], Any]]]:
         """(column, label, HParams name, value of a row) for each column it makes."""
+        if self.per_figure:
+            return [(SCORE_PREFIX + name, SCORE_PREFIX + name, SCORE_PREFIX + name,
+                     lambda row, name=name: row.score_figures.get(name)) for name in figures]
         if self.per_task:
             return [(TASK_LOSS_PREFIX + task, TASK_LOSS_PREFIX + task, f"best_{TASK_LOSS_PREFIX}{task}",
                      lambda row, task=task: row.task_losses.get(task)) for task in tasks]
@@ -316,6 +331,9 @@ METRICS: tuple[Metric, ...] = (
     # (the tuned metric's column comes here: `table`)
     Metric("eval_loss", fmt=".4f", take=BEST, shown=_shown(CSV, REPORT, HPARAMS), hparam="best_eval_loss"),
     Metric("task_losses", fmt=".4f", take=BEST, shown=_shown(CSV, REPORT, HPARAMS), per_task=True),
+    # task scores from generations (lexiray.scoring): the top tune.score_top_k trials; "-" for the rest
+    Metric("task_score", "task score", ".3f", shown=_shown(CSV, TERMINAL, REPORT, HPARAMS)),
+    Metric("score_figures", fmt=".3f", shown=_shown(CSV, HPARAMS), per_figure=True),
     Metric("steps", shown=_shown(CSV, TERMINAL, REPORT, HPARAMS),
            render=lambda row, view: f"{row.steps}/{row.total_steps or '?'}"),
     Metric("total_steps", shown=_shown(CSV)),
@@ -356,8 +374,9 @@ HPARAM_COLUMNS = {metric.name: metric.setting for metric in METRICS if metric.se
 
 
 def table(view: str, metric: str, tasks: list[str],
-          priced: bool = True) -> list[tuple[str, Callable[[LeaderboardRow], Any]]]:
-    """A view's columns: (header, value of a row). CSV: the column name and the raw value;
+          figures: list[str] = (), priced: bool = True) -> list[tuple[str, Callable[[LeaderboardRow], Any]]]:
+    """A view's columns: (header, value of a row); `figures`: the scored "<task>/<figure>"
+    names (score/<task>/<figure> columns). CSV: the column name and the raw value;
     TERMINAL and REPORT: the label and the cell text; HPARAMS: the metric's name and value.
     The tuned metric follows the status in CSV, TERMINAL and REPORT (its own entry, if it
     has one, moves there). `priced=False` (no trial has a cost: no price was set) leaves the
@@ -369,7 +388,7 @@ def table(view: str, metric: str, tasks: list[str],
             continue
         if entry.priced and not priced and view in (TERMINAL, REPORT):
             continue
-        for column, label, hparam, value in entry.columns(tasks):
+        for column, label, hparam, value in entry.columns(tasks, figures):
             if view == CSV:
                 columns.append((column, value))
             elif view == HPARAMS:

@@ -16,7 +16,7 @@ lexiray's files):
     finished/history/<id>.jsonl   every result of a trial, as it arrived (resume replays them)
     finished/<id>.failed     an attempt of the trial failed (its twins stop waiting for it)
     tensorboard/<id> <sample>/    HF curves of each trial, and its HParams session (written by the report)
-    leaderboard.csv  summary.json  best/
+    leaderboard.csv  summary.json  scores.json (task scores from generations)  best/
     report/                  README.md with the leaderboard and the PNG plots
 
 The same layout at a URI (s3://, gs://, file://) on a cluster: every file above is written
@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from lexiray.config import ExperimentConfig, config_from_dict, config_to_yaml, yaml_load
 from lexiray.errors import LexirayError
@@ -304,6 +305,11 @@ class ExperimentLayout:
         return join(self.trial_tensorboard_dir(trial_id, label), "events.out.tfevents.9999999999.lexiray-hparams")
 
     @property
+    def scores_file(self) -> str:
+        """Task scores from generations (lexiray.scoring): the base and the scored trials."""
+        return self.path("scores.json")
+
+    @property
     def report_dir(self) -> str:
         return self.path("report")
 
@@ -508,6 +514,7 @@ class TuningRun:
     wall_time_s: float
     interrupted: str | None = None  # "SIGINT" / "SIGTERM": stopped early, resumable
     budget: dict | None = None  # tune.budget_usd's outcome (lexiray.cost.BudgetLedger.outcome)
+    eval_data: Any = None  # the tokenized eval set (datasets.Dataset) the trials used: scoring reuses it
 
     @property
     def resume_command(self) -> str:

@@ -21,7 +21,7 @@ import ray
 from ray import tune
 from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter, Searcher
 
-from lexiray import ray_seam, storage
+from lexiray import ray_seam, scoring, storage
 from lexiray.channel import start_mailbox
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, check_shared_storage, default_concurrency, init_ray
@@ -362,8 +362,9 @@ def stop_on_signals(resume_command: str, received: list[str]):
 
 
 def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, max_t: int,
-         ledger: BudgetLedger | None = None) -> TuningRun:
+         ledger: BudgetLedger | None = None, eval_data=None) -> TuningRun:
     started = time.time()
+    scoring.warm_imports(config, layout)  # while the driver waits on its trials
     ray_seam.record_trials_whose_actor_died()
     received: list[str] = []
     with stop_on_signals(f"lexiray resume {layout.root}", received):
@@ -372,7 +373,7 @@ def _fit(tuner: tune.Tuner, layout: ExperimentLayout, config: ExperimentConfig, 
     # workers of the trials ASHA stopped last may still be dying, so give them a moment.
     storage.sweep_scratch_dirs(wait_s=10)
     return TuningRun(layout, config, max_t, time.time() - started, interrupted=received[0] if received else None,
-                     budget=ledger.outcome() if ledger is not None else None)
+                     budget=ledger.outcome() if ledger is not None else None, eval_data=eval_data)
 
 
 def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None, address: str | None = None,
@@ -421,7 +422,7 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
         tune_config=tune_config(config, max_t, grace, concurrency, ledger, warm),
         run_config=run_config(config, layout, max_t, verbose),
     )
-    return _fit(tuner, layout, config, max_t, ledger)
+    return _fit(tuner, layout, config, max_t, ledger, prepared.eval)
 
 
 def price_line(config: ExperimentConfig) -> str:
@@ -468,4 +469,4 @@ def resume_tuning(path_or_name: str, console, retry_errored: bool = False, addre
         restart_errored=False,
         param_space=build_param_space(config),
     )
-    return _fit(tuner, layout, config, max_t)
+    return _fit(tuner, layout, config, max_t, eval_data=prepared.eval)

@@ -125,7 +125,13 @@ def test_export_another_trial(asha, tmp_path):
 
 def _markdown_table(text: str) -> list[dict]:
     """The first Markdown table of a text, as dicts by header."""
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    all_lines = text.splitlines()
+    start = next(index for index, line in enumerate(all_lines) if line.startswith("|"))
+    lines = []
+    for line in all_lines[start:]:  # up to the table's end: the task-score tables come later
+        if not line.startswith("|"):
+            break
+        lines.append(line)
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
@@ -138,7 +144,8 @@ def test_report_writes_plots_and_a_readme_with_the_leaderboard(asha):
     report = root / "report"
     assert f"report: {report / 'README.md'}" in result.stdout and "leaderboard" in result.stdout
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == ["eval_loss.png", "eval_loss_by_setting.png", "quality_speed.png", "task_losses.png"]
+    assert pngs == ["eval_loss.png", "eval_loss_by_setting.png", "quality_speed.png", "task_losses.png",
+                    "task_scores.png"]  # task_scores: lexiray.scoring, run at the end of the tune
     for name in pngs:
         with Image.open(report / name) as image:
             assert image.format == "PNG" and image.size[0] >= 600 and image.size[1] >= 400

@@ -11,8 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lexiray"
 LAYERS = ["errors", "config", "results", "cost", "chaos", "space", "tiny", "data", "model", "memory", "oom", "precision",
-          "storage", "warm", "ray_seam", "cluster", "channel", "hf_trainer", "trial", "progress", "tune", "plots", "report",
-          "cli"]
+          "storage", "warm", "ray_seam", "cluster", "scoring", "channel", "hf_trainer", "trial", "progress", "tune", "plots",
+          "report", "cli"]
 ENTRY_POINTS = {"__init__": ["errors"], "__main__": ["cli"]}
 
 

@@ -74,9 +74,11 @@ def _views(rows: list[LeaderboardRow], metric: str = "eval_loss") -> dict[str, l
 
 def test_each_view_shows_exactly_the_metrics_its_table_entries_name():
     rows = _rows()
+    # the first trial scored (lexiray.scoring): its task score and one figure in every view that shows them
+    rows = [replace(rows[0], task_score=0.4, score_figures={"grammar/chrf": 31.5}), *rows[1:]]
     views = _views(rows)
     for metric in results.METRICS:
-        for column, label, hparam, _ in metric.columns(["grammar", "vocabulary"]):
+        for column, label, hparam, _ in metric.columns(["grammar", "vocabulary"], ["grammar/chrf"]):
             for view, names in views.items():
                 name = {CSV: column, HPARAMS: hparam}.get(view, label)
                 if metric.name == "eval_loss" and view in (CSV, TERMINAL, REPORT):
