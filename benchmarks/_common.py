@@ -23,6 +23,9 @@ def write_config(folder: Path, name: str, changes: dict, search: dict | None = N
         raw.setdefault(section, {})[field] = value
     if search is not None:
         raw["search"] = search
+    # The benchmarks time tuning against tuners that generate nothing: no task scores after it
+    # (lexiray.scoring), unless a benchmark asks for them.
+    raw.setdefault("tune", {}).setdefault("score_top_k", 0)
     raw["name"] = name
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
