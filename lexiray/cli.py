@@ -151,13 +151,11 @@ def _ensure_warm_start_summary(settings) -> None:
         return
     from lexiray import storage
     from lexiray.report import build_report, read_summary
+    from lexiray.warm import find_warm_start
 
     if storage.is_uri(settings.tune.warm_start):  # a dead endpoint would retry for a minute below
         storage.check_storage(settings.tune.warm_start, field="--warm-start")
-    try:
-        source = storage.find_experiment(settings.tune.warm_start)
-    except LexirayError as error:
-        raise LexirayError(f"--warm-start: {error}") from None
+    source = find_warm_start(settings)
     if read_summary(source) is None:
         build_report(source)
 
@@ -441,11 +439,12 @@ def report(
     debug: bool = DebugOption,
 ):
     """Rebuild the leaderboard, the report/ folder (plots + README.md) and TensorBoard's HParams sessions."""
-    from lexiray.report import build_report, print_leaderboard, print_report_locations
+    from lexiray.report import build_report, print_leaderboard, print_report_locations, sync_best_adapter
     from lexiray.storage import find_experiment
 
     layout = find_experiment(path)
     summary = build_report(layout)
+    sync_best_adapter(layout, summary, console)
     print_leaderboard(summary, console)
     print_report_locations(summary, layout, console)
 
@@ -464,7 +463,7 @@ def score(
     """Task scores from generations on the eval rows: the best trials and the base, per task;
     then the leaderboard, report and summary again, with tune.select_by's choice."""
     from lexiray.report import (build_report, print_leaderboard, print_report_locations, print_scores,
-                                read_summary, score_experiment)
+                                read_summary, score_experiment, sync_best_adapter)
     from lexiray.scoring import runs_on_ray
     from lexiray.storage import find_experiment, read_experiment_config
 
@@ -480,6 +479,7 @@ def score(
     if run is None:
         raise LexirayError(f"{layout.root}: no trial kept a checkpoint to score")
     summary = build_report(layout, wall_time_s=(read_summary(layout) or {}).get("wall_time_s"))
+    sync_best_adapter(layout, summary, console)
     print_leaderboard(summary, console, top=config.report.top)
     print_scores(run, summary, console)
     print_report_locations(summary, layout, console)

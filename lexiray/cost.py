@@ -80,6 +80,7 @@ class BudgetLedger:
     planned: int | None = None  # trials the search would start: a stop with all started is no stop
     cost: dict[str, float] = field(default_factory=dict)  # trial id -> cost so far
     projected: dict[str, float] = field(default_factory=dict)  # trial id -> projected cost of its full run
+    reused: set[str] = field(default_factory=set)  # replayed a twin (lexiray.warm): paid no training
     running: set[str] = field(default_factory=set)
     started: int = 0
     final: bool = False  # refused with no trial running: the search is over
@@ -94,6 +95,8 @@ class BudgetLedger:
 
     def record(self, trial_id: str, result: dict | None) -> None:
         """A trial's result: its cost so far and projected cost, where it carries them."""
+        if (result or {}).get("reused_from"):
+            self.reused.add(trial_id)
         for key, book in (("cost_usd", self.cost), ("projected_cost_usd", self.projected)):
             value = (result or {}).get(key)
             if isinstance(value, (int, float)) and value == value:
@@ -104,7 +107,8 @@ class BudgetLedger:
         self.running.discard(trial_id)
 
     def estimate(self) -> float:
-        known = list(self.projected.values())
+        # what a trial that trains costs: a reused one's (its wait, if any) says nothing of it
+        known = [cost for trial_id, cost in self.projected.items() if trial_id not in self.reused]
         return sum(known) / len(known) if known else 0.0
 
     def spent(self) -> float:

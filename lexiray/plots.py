@@ -167,8 +167,10 @@ def quality_speed(rows: list[LeaderboardRow], metric: str) -> bytes:
         panels.append(("cost_usd", "the trial's cost, USD (lower is better)", False))
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
     for axis, (key, label, higher) in zip(axes.flat, panels):
+        # a reused trial (lexiray.warm) paid no training: its cost would sit on any cost front
         points = [(row.value(key), row.score, row.trial_id) for row in rows
-                  if _number(row.value(key)) and _number(row.score)]
+                  if _number(row.value(key)) and _number(row.score)
+                  and not (key == "cost_usd" and row.value("reused_from"))]
         if points:
             axis.scatter([p[0] for p in points], [p[1] for p in points], s=30, color="tab:grey", alpha=0.7)
             front = pareto_front(points, higher)

@@ -157,7 +157,8 @@ def leaderboard_csv(rows: list[LeaderboardRow], metric: str) -> str:
 # --------------------------------------------------------------------------- task scores
 
 
-def score_targets(rows: list[LeaderboardRow], top_k: int, trial_id: str | None = None) -> list[scoring.ScoreTarget]:
+def score_targets(layout: ExperimentLayout, rows: list[LeaderboardRow], top_k: int,
+                  trial_id: str | None = None) -> list[scoring.ScoreTarget]:
     """The base and the trials to score: `trial_id`, or the leaderboard's first `top_k`
     trials that kept a checkpoint and did not diverge. The base at the precision of the
     first (the best trial's: on a GPU, what it trained in), on its node."""
@@ -169,7 +170,13 @@ def score_targets(rows: list[LeaderboardRow], top_k: int, trial_id: str | None =
         if not chosen[0].best.checkpoint_path:
             raise LexirayError(f"trial {trial_id} kept no checkpoint to score")
     else:
-        chosen = [row for row in rows if row.status != "DIVERGED" and row.best.checkpoint_path][:top_k]
+        # one per checkpoint: a reused trial shares its twin's (lexiray.warm), scored once (apply_scores)
+        chosen, seen = [], set()
+        for row in rows:
+            location = layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
+            if row.status != "DIVERGED" and location and location not in seen and len(chosen) < top_k:
+                chosen.append(row)
+                seen.add(location)
     targets = [scoring.ScoreTarget(row.trial_id, row.best.checkpoint_path, row.last.precision or "fp32",
                                    row.last.node_id or row.best.node_id) for row in chosen]
     if not targets:
@@ -189,7 +196,7 @@ def score_experiment(layout: ExperimentLayout, console, trial_id: str | None = N
         return None
     rows = leaderboard_rows(records if records is not None else collect_trials(layout), config.tune.metric,
                             config.tune.mode)
-    targets = score_targets(rows, top_k or 1, trial_id)
+    targets = score_targets(layout, rows, top_k or 1, trial_id)
     if not targets:
         console.print("task scores: no trial kept a checkpoint to score")
         return None
@@ -202,14 +209,24 @@ def score_experiment(layout: ExperimentLayout, console, trial_id: str | None = N
     return run
 
 
-def apply_scores(rows: list[LeaderboardRow], run: scoring.ScoreRun | None) -> list[LeaderboardRow]:
-    """The rows with their trial's task score and figures (rows not scored keep None)."""
+def apply_scores(layout: ExperimentLayout, rows: list[LeaderboardRow],
+                 run: scoring.ScoreRun | None) -> list[LeaderboardRow]:
+    """The rows with their trial's task score and figures (rows not scored keep None); a row
+    whose best checkpoint is a scored trial's (a reused twin: lexiray.warm) shares its scores."""
     if run is None:
         return rows
     scored = {model.name: model for model in run.trials}
-    return [replace(row, task_score=scored[row.trial_id].task_score,
-                    score_figures=scoring.figure_columns(scored[row.trial_id].per_task))
-            if row.trial_id in scored else row for row in rows]
+
+    def location(row: LeaderboardRow) -> str | None:
+        return layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
+
+    by_checkpoint = {location(row): scored[row.trial_id] for row in rows if row.trial_id in scored and location(row)}
+    result = []
+    for row in rows:
+        model = scored.get(row.trial_id) or by_checkpoint.get(location(row))
+        result.append(row if model is None else replace(row, task_score=model.task_score,
+                                                        score_figures=scoring.figure_columns(model.per_task)))
+    return result
 
 
 def select_best(rows: list[LeaderboardRow], select_by: str) -> tuple[LeaderboardRow | None, dict]:
@@ -445,7 +462,8 @@ def run_cost(rows: list[LeaderboardRow], config: ExperimentConfig) -> dict:
     costs = [row.value("cost_usd") for row in rows if is_number(row.value("cost_usd"))]
     if not costs:
         return {"cost_usd": None, "projected_cost_usd": None, "price_per_hour": config.resources.price_per_hour}
-    full = [row.value("cost_usd") if row.status == "DONE" else row.value("projected_cost_usd") for row in rows]
+    full = [row.value("cost_usd") if row.status == "DONE" else row.value("projected_cost_usd") for row in rows
+            if not row.value("reused_from")]  # a reused trial's cost (its wait) is not a trained trial's
     full = [value for value in full if is_number(value)]
     planned = max(len(rows), planned_trials(config))
     return {"cost_usd": sum(costs), "projected_cost_usd": sum(full) / len(full) * planned if full else None,
@@ -482,8 +500,8 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
     if budget is None:  # a later `lexiray report`: what the run's own report said of the budget stays
         budget = (read_summary(layout) or {}).get("budget")
     scores = scoring.read_scores(layout)
-    rows = apply_scores(leaderboard_rows(records if records is not None else collect_trials(layout), metric, mode,
-                                         max_t), scores)
+    records = records if records is not None else collect_trials(layout)
+    rows = apply_scores(layout, leaderboard_rows(records, metric, mode, max_t), scores)
     chosen, selection = select_best(rows, config.tune.select_by)
     max_t = max_t or max((row.total_steps or 0 for row in rows), default=0) or None
     storage.write_text(layout.leaderboard_file, leaderboard_csv(rows, metric))
@@ -521,6 +539,23 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
     return summary
 
 
+def sync_best_adapter(layout: ExperimentLayout, summary: dict, console) -> None:
+    """After a rebuilt report (`lexiray report`, `lexiray score`): `best/` follows the trial
+    the summary now selects. A rescore can change tune.select_by=task_score's choice; best/
+    is exported again then (only where a run exported one), and summary.json says where."""
+    exported = storage.read_text(storage.join(layout.best_dir, "metrics.json"))
+    best = summary.get("best") or {}
+    if exported is None or not best.get("best_checkpoint"):
+        return
+    held = (json.loads(exported).get("best") or {}).get("trial_id")
+    if held != best["trial_id"]:
+        export_trial(layout)
+        console.print(f"best/ now holds trial {best['trial_id']} (tune.select_by="
+                      f"{(summary.get('selection') or {}).get('select_by', 'eval_loss')}), not trial {held}")
+    summary["best_adapter"] = layout.best_dir
+    storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
+
+
 def read_summary(layout: ExperimentLayout) -> dict | None:
     text = storage.read_text(layout.summary_file)
     return None if text is None else json.loads(text)
@@ -543,9 +578,9 @@ def print_leaderboard(summary: dict, console, top: int = 20) -> None:
 
 def export_trial(layout: ExperimentLayout, destination: str | Path | None = None, trial_id: str | None = None,
                  merge: bool = False) -> str:
-    """Export a trial's best checkpoint (default: the leaderboard's first) to `destination`
-    (default: the experiment's `best/`, beside the leaderboard, local or at the URI): its
-    adapter, tokenizer and config. With `merge`, `destination` is instead a standard HF
+    """Export a trial's best checkpoint (default: the trial tune.select_by chose, summary.json's
+    `best`) to `destination` (default: the experiment's `best/`, beside the leaderboard, local
+    or at the URI): its adapter, tokenizer and config. With `merge`, `destination` is instead a standard HF
     model folder (the LoRA merged into the base) and the adapter goes to its `adapter/`."""
     summary = read_summary(layout) or build_report(layout)
     rows = summary["leaderboard"]

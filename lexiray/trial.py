@@ -58,7 +58,7 @@ from lexiray.channel import ReportToTune, TrainRunChannel, TrialChannel, TuneSes
 from lexiray.chaos import ChaosSpec
 from lexiray.cluster import check_resources, init_ray
 from lexiray.config import ExperimentConfig, apply_sample
-from lexiray.cost import COST_KEYS, hourly_rate
+from lexiray.cost import COST_KEYS, hourly_rate, usd
 from lexiray.data import load_prepared, prepare_data, save_prepared
 from lexiray.errors import LexirayError
 from lexiray.memory import mfu_inputs, over_budget
@@ -160,6 +160,7 @@ def trial_actor_resources(config: ExperimentConfig) -> dict:
 def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     """The Tune trainable: one Ray Train run for one sample of the search space."""
     # 1. The trial's config: derived settings and the constant effective batch applied.
+    started = time.time()  # a reused trial pays from here: the slot it holds while it waits for its twin
     config = apply_sample(plan.base_config, sample)
     trial_id = ray.tune.get_context().get_trial_id()
     # 2. Finished (or stopped by ASHA) before a driver restart: never train it again, but
@@ -177,7 +178,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     if twin == STOPPED_WAITING:
         return
     if twin is not None:
-        replay_twin(*twin)
+        replay_twin(*twin, paid_s=time.time() - started, hourly=hourly_rate(config.resources))
         return
     # 3b. A sample whose estimated peak memory is over its GPU's would only run out of
     #     memory: it is not trained, it is recorded as skipped with its estimate.
@@ -243,7 +244,9 @@ def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
     source = plan.warm_start
     if source is not None:
         owner = storage.fingerprint_owner(source, fingerprint)
-        if owner and storage.is_finished(source, owner) and storage.read_history(source, owner):
+        history = storage.read_history(source, owner) if owner and storage.is_finished(source, owner) else []
+        # a twin skipped over its GPU memory there never trained: this run's memory budget decides anew
+        if history and not history[-1].get("skipped_memory"):
             storage.claim_fingerprint(plan.layout, fingerprint, trial_id)  # a later warm start finds it here too
             return source, owner
     owner = storage.claim_fingerprint(plan.layout, fingerprint, trial_id)
@@ -262,19 +265,22 @@ def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
     return None
 
 
-def replay_twin(source: ExperimentLayout, twin_id: str) -> None:
+def replay_twin(source: ExperimentLayout, twin_id: str, paid_s: float = 0.0, hourly: float | None = None) -> None:
     """Hand Tune the twin's reports as this trial's, marked reused: ASHA judges them as it
     judges a trained trial's. Checkpoint paths point at the twin's checkpoints (in its
     experiment: `checkpoint_location`), so the report and export find them; a twin that was
-    itself reused keeps the trial that trained."""
+    itself reused keeps the trial that trained. Its cost is this run's, not the twin's: the
+    `paid_s` seconds it held its slot (waiting for a twin of this run) at this run's price
+    (`hourly`; none: no cost keys, as for any trial of an unpriced run)."""
     for result in storage.read_history(source, twin_id):
         result.pop("checkpoint_dir_name", None)  # Tune's name inside the twin's folder, not this one's
         if isinstance(result.get("checkpoint_path"), str):
             result["checkpoint_path"] = source.checkpoint_location(result["checkpoint_path"])
         result.setdefault("reused_from", f"{source.name}/{twin_id}")
-        for key in COST_KEYS:  # the twin paid for its training; this trial pays nothing (lexiray.cost)
-            if key in result:
-                result[key] = 0.0
+        for key in COST_KEYS:
+            result.pop(key, None)
+        if hourly is not None:
+            result.update(paid_s=paid_s, cost_usd=usd(paid_s, hourly), projected_cost_usd=usd(paid_s, hourly))
         ray.tune.report(result)
 
 

@@ -10,8 +10,6 @@ the best-adapter export come after, from `lexiray.report` (the CLI calls both).
 from __future__ import annotations
 
 import math
-import os
-import pickle
 import signal
 import sys
 import time
@@ -102,9 +100,6 @@ class BudgetedVariantGenerator(BasicVariantGenerator):
         self.ledger.finish(trial_id, result)
 
 
-BUDGET_SUFFIX = ".budget.pkl"
-
-
 class BudgetLimiter(Searcher):
     """A Searcher (Optuna's, behind its ConcurrencyLimiter) that suggests nothing while the
     budget's spent plus committed cost has reached it, and FINISHED once no running trial can
@@ -136,24 +131,13 @@ class BudgetLimiter(Searcher):
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
         self.ledger.finish(trial_id, result)
 
+    # Tune's SearchGenerator saves each wrapper of the searcher through get_state / set_state
+    # (the experiment's searcher checkpoint): a resumed run keeps what was spent.
     def get_state(self) -> dict:
         return {"ledger": self.ledger}
 
     def set_state(self, state: dict) -> None:
         self.ledger = state["ledger"]
-
-    # Tune saves a Searcher's state through save/restore (the experiment's searcher checkpoint);
-    # the ledger goes beside the wrapped searcher's file, so a resumed run keeps what was spent.
-    def save(self, checkpoint_path: str):
-        self.searcher.save(checkpoint_path)
-        with open(checkpoint_path + BUDGET_SUFFIX, "wb") as handle:
-            pickle.dump(self.ledger, handle)
-
-    def restore(self, checkpoint_path: str):
-        self.searcher.restore(checkpoint_path)
-        if os.path.exists(checkpoint_path + BUDGET_SUFFIX):
-            with open(checkpoint_path + BUDGET_SUFFIX, "rb") as handle:
-                self.ledger = pickle.load(handle)  # noqa: S301 - the experiment's own file
 
 
 def informed_optuna_search(evaluated: tuple[tuple[dict, float], ...], **options):
@@ -395,6 +379,8 @@ def run_tuning(config: ExperimentConfig, console, chaos: ChaosSpec | None = None
     prepared, max_t, grace = check_before_ray(config, layout, console)
     data_print = data_fingerprint(config)
     warm = read_warm_start(config, data_print, layout)  # a bad --warm-start fails before Ray starts
+    if warm is not None:  # saved as found, so `lexiray resume` from another folder finds it too
+        config = config.model_copy(update={"tune": config.tune.model_copy(update={"warm_start": warm.source.root})})
     init_ray(address, verbose=verbose)
     ray_seam.quiet_trial_tracebacks(verbose)
     check_resources(config)

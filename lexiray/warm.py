@@ -37,7 +37,7 @@ from lexiray.results import is_number
 from lexiray.storage import ExperimentLayout
 
 # Settings that change no result (see the module's docstring).
-_IGNORED = {"resources": {"cpus_per_trial", "gpu_memory_gb"}, "training": {"dataloader_num_workers",
+_IGNORED = {"resources": {"cpus_per_trial", "gpu_memory_gb", "price_per_hour"}, "training": {"dataloader_num_workers",
                                                                           "dataloader_prefetch_factor"},
             "data": {"max_bad_fraction"}}
 _SECTIONS = ("model", "data", "lora", "training", "resources")
@@ -151,6 +151,20 @@ def search_seed(seed: int | None, source: ExperimentLayout) -> int | None:
     return None if seed is None else (seed + zlib.crc32(source.name.encode())) % (2 ** 31)
 
 
+def find_warm_start(config: ExperimentConfig) -> ExperimentLayout:
+    """tune.warm_start's experiment: a folder, a URI, or a name under this experiment's
+    storage path (then under the default one); a one-line error when it is none of them."""
+    warm_start = config.tune.warm_start
+    candidates = [warm_start] if storage.is_uri(warm_start) or Path(warm_start).is_absolute() else \
+        [storage.join(config.tune.storage_path, warm_start), warm_start]
+    for candidate in candidates:
+        try:
+            return storage.find_experiment(candidate)
+        except LexirayError as error:
+            missing = error
+    raise ConfigError(f"tune.warm_start: {missing}")
+
+
 def read_warm_start(config: ExperimentConfig, data: str, layout: ExperimentLayout | None = None) -> WarmStart | None:
     """The earlier experiment of `tune.warm_start`, read before Ray starts (a one-line error
     when it is not one, or has no summary.json yet: `lexiray report` writes it)."""
@@ -158,10 +172,11 @@ def read_warm_start(config: ExperimentConfig, data: str, layout: ExperimentLayou
         return None
     if storage.is_uri(config.tune.warm_start):
         storage.check_storage(config.tune.warm_start, field="tune.warm_start")
-    try:
-        source = storage.find_experiment(config.tune.warm_start)
-    except LexirayError as error:
-        raise ConfigError(f"tune.warm_start: {error}") from None
+    source = find_warm_start(config)
+    if layout is not None and source.is_local and not layout.is_local:
+        raise ConfigError(f"tune.warm_start={config.tune.warm_start} is a local folder but this experiment is at "
+                          f"{layout.storage_path}: its trials could not read the reused checkpoints; give the "
+                          "earlier experiment's URI (copy it there first)")
     if layout is not None and source.root.rstrip("/") == layout.root.rstrip("/"):
         raise ConfigError(f"tune.warm_start={config.tune.warm_start} is this experiment itself: give an earlier one "
                           "(`lexiray resume` continues this one)")

@@ -47,13 +47,19 @@ def test_same_configuration_sampled_twice_trains_once(tmp_path, no_ray_leftovers
     summary = _summary(root)
     assert summary["total_steps_trained"] == 8 and summary["reused"] == 2 and summary["steps_reused"] == 16
     assert len(list(root.glob("trial_*/checkpoint_*"))) == 1  # only the trained trial saved checkpoints
+    # one checkpoint, scored once (the base and it), its task score on all three rows
+    scores = json.loads((root / "scores.json").read_text())
+    assert [model["name"] for model in scores["models"]] == ["base", trained[0]["trial_id"]]
+    assert {row["task_score"] for row in rows} == {str(scores["models"][1]["task_score"])}
 
 
 def test_warm_start_trains_less_and_finds_a_best_at_least_as_good(tmp_path, no_ray_leftovers):
     results = tmp_path / "results"
     common = ["tune", "--num-samples", "4", "--storage-path", str(results), *QUICK]
     run_cli([*common, "--name", "cold"], cwd=tmp_path, check=True)
-    warm = run_cli([*common, "--name", "warm", "--warm-start", str(results / "cold")], cwd=tmp_path, check=True)
+    # by its name under --storage-path; priced, which changes no trial's fingerprint
+    warm = run_cli([*common, "--name", "warm", "--warm-start", "cold", "--set", "resources.price_per_hour=0.36"],
+                   cwd=tmp_path, check=True)
     assert "warm start from" in warm.stdout and "2 of its best configurations run first" in warm.stdout
     assert "2 of them reused as they are" in warm.stdout
     cold_rows, warm_rows = _leaderboard(results / "cold"), _leaderboard(results / "warm")
@@ -64,7 +70,13 @@ def test_warm_start_trains_less_and_finds_a_best_at_least_as_good(tmp_path, no_r
     assert {row["reused_from"] for row in reused} == {f"cold/{row['trial_id']}" for row in cold_rows[:2]}
     assert {row["eval_loss"] for row in reused} == {row["eval_loss"] for row in cold_rows[:2]}
     assert all(row["best_checkpoint"].startswith(str(results / "cold")) for row in reused)
+    # a reused trial pays only its own seconds at this run's price, not its twin's training
+    trained = [row for row in warm_rows if not row["reused_from"]]
+    assert len(trained) == 2 and all(float(row["cost_usd"]) > 0 for row in trained)
+    assert max(float(row["cost_usd"]) for row in reused) < min(float(row["cost_usd"]) for row in trained)
+    assert all(row["cost_usd"] == "" for row in cold_rows)  # no price there: no cost
     cold, warm_summary = _summary(results / "cold"), _summary(results / "warm")
+    assert warm_summary["cost_usd"] == pytest.approx(sum(float(row["cost_usd"]) for row in warm_rows))
     assert warm_summary["total_steps_trained"] < cold["total_steps_trained"]
     assert warm_summary["best"]["eval_loss"] <= cold["best"]["eval_loss"]
     # the best adapter exports from wherever its checkpoint is

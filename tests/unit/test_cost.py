@@ -275,9 +275,12 @@ def test_the_budget_limiter_saves_its_ledger_with_the_searcher(tmp_path):
     searcher.set_search_properties(config.tune.metric, config.tune.mode, build_param_space(config))
     searcher.suggest("t1")
     searcher.on_trial_complete("t1", {"eval_loss": 2.0, "training_iteration": 1, "cost_usd": 0.4})
-    searcher.save(str(tmp_path / "searcher.pkl"))
+    # as Tune checkpoints and restores an experiment's search algorithm
+    from ray.tune.search import SearchGenerator
+
+    SearchGenerator(searcher).save_to_dir(str(tmp_path), session_str="s1")
     restored = search_algorithm(config, 2, BudgetLedger(1.0, planned=8))
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    SearchGenerator(restored).restore_from_dir(str(tmp_path))
     assert restored.ledger.spent() == pytest.approx(0.4) and restored.ledger.started == 1
 
 

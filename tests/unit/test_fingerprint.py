@@ -37,7 +37,7 @@ def test_the_same_configuration_has_the_same_fingerprint():
 
 @pytest.mark.parametrize("irrelevant", ["tune.num_samples=3", "tune.scheduler=fifo", "tune.storage_path=/elsewhere",
                                         "tune.name=other", "name=renamed", "report.plots=false",
-                                        "resources.cpus_per_trial=2", "training.dataloader_num_workers=0",
+                                        "resources.cpus_per_trial=2", "resources.price_per_hour=0.526", "training.dataloader_num_workers=0",
                                         "tune.warm_start=/earlier", "search.lora.dropout={uniform: [0.0, 0.1]}"])
 def test_settings_that_change_no_result_leave_the_fingerprint(irrelevant):
     assert _fingerprint([irrelevant]) == _fingerprint([])
