@@ -45,6 +45,19 @@ def cli_env() -> dict:
     return env
 
 
+# A tune run of a few seconds a trial: 120 rows, 8 steps, an evaluation every 4, FIFO, 2 at once.
+QUICK_TUNE = ["--max-concurrent", "2", "--set", "data.max_rows=120", "--set", "training.max_steps=8",
+              "--set", "training.save_steps=4", "--set", "training.eval_steps=4", "--set", "tune.scheduler=fifo"]
+
+
+def read_leaderboard(root: Path) -> list[dict]:
+    """An experiment's leaderboard.csv rows, in rank order."""
+    import csv
+
+    with (root / "leaderboard.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, check: bool = False,
             env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run([*LEXIRAY, *args], cwd=cwd, env=env or cli_env(), capture_output=True, text=True,

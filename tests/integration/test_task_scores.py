@@ -4,7 +4,6 @@ experiment), and `tune.select_by: task_score` choosing another trial than eval_l
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lexiray.config import LEXILINGO_TASKS
-from tests.conftest import check_no_ray_leftovers, run_cli
+from tests.conftest import check_no_ray_leftovers, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +41,9 @@ def scored(tmp_path_factory):
     return cwd, cwd / "results" / "scored", result.stdout
 
 
-def _leaderboard(root: Path) -> list[dict]:
-    with (root / "leaderboard.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_tune_scores_the_best_trials_against_the_base(scored):
     cwd, root, out = scored
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 3
     scores = json.loads((root / "scores.json").read_text())
     names = [model["name"] for model in scores["models"]]
@@ -95,7 +89,7 @@ def test_tune_scores_the_best_trials_against_the_base(scored):
 
 def test_lexiray_score_rescores_one_trial_as_a_ray_task(scored, no_ray_leftovers):
     cwd, root, _ = scored
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     third = rows[2]["trial_id"]
     # a file:// experiment counts as cluster storage: the scoring runs as Ray tasks
     result = run_cli(["score", f"file://{root}", "--trial", third], cwd=cwd, check=True, timeout=300)
@@ -104,7 +98,7 @@ def test_lexiray_score_rescores_one_trial_as_a_ray_task(scored, no_ray_leftovers
     names = [model["name"] for model in scores["models"]]
     assert len(names) == 4 and names[0] == "base" and set(names[1:]) == {row["trial_id"] for row in rows}
     assert scores["where"] == "ray tasks"
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 3 and all(row["task_score"] for row in rows)  # the third is scored now too
     assert f"trial {third} " in next(line for line in result.stdout.splitlines() if line.startswith("task scores ("))
 
@@ -116,7 +110,7 @@ def test_select_by_task_score_takes_another_trial_than_eval_loss(scored, tmp_pat
     from lexiray.storage import ExperimentLayout
 
     cwd, root, _ = scored
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 3
     layout = ExperimentLayout(str(root))
     run = scoring.read_scores(layout)

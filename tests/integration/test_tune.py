@@ -3,7 +3,6 @@ what is read from it afterwards: leaderboard, report, TensorBoard (curves, HPara
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import pytest
 import yaml
 
 from lexiray.config import LEXILINGO_TASKS
-from tests.conftest import check_no_ray_leftovers, evaluate_adapter, run_cli
+from tests.conftest import check_no_ray_leftovers, evaluate_adapter, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +49,6 @@ def asha(tmp_path_factory) -> TuningRun:
     return TuningRun(cwd, cwd / "results" / "asha", result.stdout)
 
 
-def _leaderboard(root: Path) -> list[dict]:
-    with (root / "leaderboard.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_tune_with_asha(asha):
     root, out = asha.root, asha.stdout
     assert f"tensorboard --logdir {root / 'tensorboard'}" in out
@@ -62,7 +56,7 @@ def test_tune_with_asha(asha):
     assert "best adapter:" in out and "leaderboard" in out
     assert f"experiment {root}: 6 trials, 2 at a time" in out  # 1 sample x 6 grid points
 
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 6
     assert all(row["status"] in ("DONE", "STOPPED") for row in rows), rows
     losses = [float(row["eval_loss"]) for row in rows]
@@ -107,7 +101,7 @@ def test_tune_with_asha(asha):
 
 
 def test_export_another_trial(asha, tmp_path):
-    root, rows = asha.root, _leaderboard(asha.root)
+    root, rows = asha.root, read_leaderboard(asha.root)
     # `export --trial`: another trial's best checkpoint, not the leaderboard's first
     other = rows[-1]
     exported = tmp_path / "other-adapter"
@@ -136,7 +130,7 @@ def _markdown_table(text: str) -> list[dict]:
     return [dict(zip(header, (cell.strip() for cell in line.strip("|").split("|")))) for line in lines[2:]]
 
 
-def test_report_writes_plots_and_a_readme_with_the_leaderboard(asha):
+def test_report_writes_plots_and_a_readme_with_theread_leaderboard(asha):
     from PIL import Image
 
     root = asha.root
@@ -152,7 +146,7 @@ def test_report_writes_plots_and_a_readme_with_the_leaderboard(asha):
             assert len(image.getcolors(maxcolors=1 << 20) or range(2)) > 1  # something is drawn
     readme = (report / "README.md").read_text()
     assert sorted(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)) == pngs  # every plot embedded, by relative path
-    table, rows = _markdown_table(readme), _leaderboard(root)
+    table, rows = _markdown_table(readme), read_leaderboard(root)
     assert [(r["#"], r["trial"], r["status"]) for r in table] == \
         [(r["rank"], r["trial_id"], r["status"].lower()) for r in rows]
     for shown, row in zip(table, rows):
@@ -184,7 +178,7 @@ def test_tensorboard_has_every_trial_curves_and_one_hparams_session_each(asha):
     from lexiray.report import read_summary, write_hparams
     from lexiray.storage import ExperimentLayout
 
-    root, rows = asha.root, _leaderboard(asha.root)
+    root, rows = asha.root, read_leaderboard(asha.root)
     layout = ExperimentLayout(str(root))
     write_hparams(layout, read_summary(layout)["leaderboard"])  # a later report rewrites, never adds, sessions
     _, provider, backend, ctx = _tensorboard(root / "tensorboard")

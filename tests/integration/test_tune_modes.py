@@ -4,24 +4,15 @@ continues one (finished trials are not trained again), and an Optuna search real
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import QUICK_TUNE, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
-
-QUICK = ["--max-concurrent", "2", "--set", "data.max_rows=120", "--set", "training.max_steps=8",
-         "--set", "training.save_steps=4", "--set", "training.eval_steps=4", "--set", "tune.scheduler=fifo"]
-
-
-def _leaderboard(root: Path) -> list[dict]:
-    with (root / "leaderboard.csv").open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def _checkpoints(root: Path) -> dict[str, list[str]]:
@@ -30,9 +21,9 @@ def _checkpoints(root: Path) -> dict[str, list[str]]:
 
 def test_tune_overwrite_replaces_and_resume_continues(tmp_path, no_ray_leftovers):
     results, root = tmp_path / "results", tmp_path / "results" / "again"
-    first = ["tune", "--num-samples", "2", "--storage-path", str(results), "--name", "again", *QUICK]
+    first = ["tune", "--num-samples", "2", "--storage-path", str(results), "--name", "again", *QUICK_TUNE]
     run_cli(first, cwd=tmp_path, check=True)
-    before = _leaderboard(root)
+    before = read_leaderboard(root)
     assert len(before) == 2 and all(row["status"] == "DONE" for row in before)
     checkpoints = _checkpoints(root)
     assert len(checkpoints) == 2 and all(checkpoints.values())
@@ -41,17 +32,17 @@ def test_tune_overwrite_replaces_and_resume_continues(tmp_path, no_ray_leftovers
     resumed = run_cli([*first, "--resume"], cwd=tmp_path, check=True)
     assert f"resuming {root}" in resumed.stdout
     assert _checkpoints(root) == checkpoints
-    after = _leaderboard(root)
+    after = read_leaderboard(root)
     assert [(r["trial_id"], r["eval_loss"]) for r in after] == [(r["trial_id"], r["eval_loss"]) for r in before]
 
     # --overwrite: a new experiment in its place, with the new settings
     marker = root / "trial_marker_left_by_the_old_run"
     marker.mkdir()
-    replaced = run_cli(["tune", "--num-samples", "1", "--storage-path", str(results), "--name", "again", *QUICK,
+    replaced = run_cli(["tune", "--num-samples", "1", "--storage-path", str(results), "--name", "again", *QUICK_TUNE,
                         "--set", "training.max_steps=4", "--set", "training.save_steps=2",
                         "--set", "training.eval_steps=2", "--overwrite"], cwd=tmp_path, check=True)
     assert "best adapter:" in replaced.stdout and not marker.exists()
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 1 and rows[0]["status"] == "DONE" and int(rows[0]["steps"]) == 4
     assert yaml.safe_load((root / "config.yaml").read_text())["training"]["max_steps"] == 4
 
@@ -59,11 +50,11 @@ def test_tune_overwrite_replaces_and_resume_continues(tmp_path, no_ray_leftovers
 def test_optuna_search_tunes_and_ranks_its_trials(tmp_path, no_ray_leftovers):
     root = tmp_path / "results" / "tpe"
     result = run_cli(["tune", "--num-samples", "4", "--storage-path", str(tmp_path / "results"), "--name", "tpe",
-                      *QUICK, "--set", "tune.search_alg=optuna",
+                      *QUICK_TUNE, "--set", "tune.search_alg=optuna",
                       "--set", "search.training.learning_rate={loguniform: [1.0e-5, 1.0e-2]}",
                       "--set", "search.lora.r={choice: [4, 8]}"], cwd=tmp_path, check=True)
     assert "search optuna" in result.stdout
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 4 and all(row["status"] == "DONE" for row in rows), rows
     losses = [float(row["eval_loss"]) for row in rows]
     assert losses == sorted(losses) and losses[0] < losses[-1]

@@ -4,23 +4,14 @@ and within one run the same configuration sampled twice trains once."""
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import QUICK_TUNE, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
-
-QUICK = ["--max-concurrent", "2", "--set", "data.max_rows=120", "--set", "training.max_steps=8",
-         "--set", "training.save_steps=4", "--set", "training.eval_steps=4", "--set", "tune.scheduler=fifo"]
-
-
-def _leaderboard(root: Path) -> list[dict]:
-    with (root / "leaderboard.csv").open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def _summary(root: Path) -> dict:
@@ -31,11 +22,11 @@ def test_same_configuration_sampled_twice_trains_once(tmp_path, no_ray_leftovers
     root = tmp_path / "results" / "twins"
     # every setting the smoke preset searches has one value: all three samples are the same trial
     result = run_cli(["tune", "--num-samples", "3", "--storage-path", str(tmp_path / "results"), "--name", "twins",
-                      *QUICK, "--set", "search.training.learning_rate={choice: [0.003]}",
+                      *QUICK_TUNE, "--set", "search.training.learning_rate={choice: [0.003]}",
                       "--set", "search.lora.r={choice: [4]}",
                       "--set", "search.training.per_device_train_batch_size={choice: [4]}"], cwd=tmp_path, check=True)
     assert result.stdout.count("not trained)") == 2 and "2 reused (16 steps not trained again)" in result.stdout
-    rows = _leaderboard(root)
+    rows = read_leaderboard(root)
     assert len(rows) == 3, rows
     trained = [row for row in rows if not row["reused_from"]]
     reused = [row for row in rows if row["reused_from"]]
@@ -55,14 +46,14 @@ def test_same_configuration_sampled_twice_trains_once(tmp_path, no_ray_leftovers
 
 def test_warm_start_trains_less_and_finds_a_best_at_least_as_good(tmp_path, no_ray_leftovers):
     results = tmp_path / "results"
-    common = ["tune", "--num-samples", "4", "--storage-path", str(results), *QUICK]
+    common = ["tune", "--num-samples", "4", "--storage-path", str(results), *QUICK_TUNE]
     run_cli([*common, "--name", "cold"], cwd=tmp_path, check=True)
     # by its name under --storage-path; priced, which changes no trial's fingerprint
     warm = run_cli([*common, "--name", "warm", "--warm-start", "cold", "--set", "resources.price_per_hour=0.36"],
                    cwd=tmp_path, check=True)
     assert "warm start from" in warm.stdout and "2 of its best configurations run first" in warm.stdout
     assert "2 of them reused as they are" in warm.stdout
-    cold_rows, warm_rows = _leaderboard(results / "cold"), _leaderboard(results / "warm")
+    cold_rows, warm_rows = read_leaderboard(results / "cold"), read_leaderboard(results / "warm")
     assert len(cold_rows) == 4 and len(warm_rows) == 4
     reused = [row for row in warm_rows if row["reused_from"]]
     # the earlier best two, replayed with their results and their checkpoints in the earlier experiment
