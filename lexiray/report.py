@@ -174,7 +174,10 @@ def score_targets(layout: ExperimentLayout, rows: list[LeaderboardRow], top_k: i
         chosen, seen = [], set()
         for row in rows:
             location = layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
-            if row.status != "DIVERGED" and location and location not in seen and len(chosen) < top_k:
+            if len(chosen) == top_k:
+                break
+            # a reused trial's checkpoint is in another experiment, which may have pruned or lost it
+            if row.status != "DIVERGED" and location and location not in seen and storage.exists(location):
                 chosen.append(row)
                 seen.add(location)
     targets = [scoring.ScoreTarget(row.trial_id, row.best.checkpoint_path, row.last.precision or "fp32",

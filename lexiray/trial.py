@@ -275,7 +275,12 @@ def replay_twin(source: ExperimentLayout, twin_id: str, paid_s: float = 0.0, hou
     for result in storage.read_history(source, twin_id):
         result.pop("checkpoint_dir_name", None)  # Tune's name inside the twin's folder, not this one's
         if isinstance(result.get("checkpoint_path"), str):
-            result["checkpoint_path"] = source.checkpoint_location(result["checkpoint_path"])
+            location = source.checkpoint_location(result["checkpoint_path"])
+            # the twin's run pruned it (tune.keep_checkpoints); ASHA may stop this one at that step
+            if storage.exists(location):
+                result["checkpoint_path"] = location
+            else:
+                del result["checkpoint_path"]
         result.setdefault("reused_from", f"{source.name}/{twin_id}")
         for key in COST_KEYS:
             result.pop(key, None)
