@@ -646,10 +646,14 @@ def export_train_output(run: TrainRunLayout, destination: str | None, merge: boo
 
 def _export_adapter(layout: ExperimentLayout, row: dict, config: ExperimentConfig, destination: str,
                     metric: str) -> None:
-    storage.export_adapter(layout.checkpoint(row["best_checkpoint"]), destination, config,
-                           final_metrics={k: v for k, v in row.items() if k not in ("sample", "task_losses")},
-                           best_metrics={metric: row.get(metric), "eval_loss": row["eval_loss"],
-                                         "trial_id": row["trial_id"]})
+    try:
+        storage.export_adapter(layout.checkpoint(row["best_checkpoint"]), destination, config,
+                               final_metrics={k: v for k, v in row.items() if k not in ("sample", "task_losses")},
+                               best_metrics={metric: row.get(metric), "eval_loss": row["eval_loss"],
+                                             "trial_id": row["trial_id"]})
+    except FileNotFoundError:  # pruned, or in a warm-start experiment deleted since
+        raise LexirayError(f"trial {row['trial_id']}'s best checkpoint {row['best_checkpoint']} is gone: export "
+                           "another with --trial") from None
 
 
 def export_merged(layout: ExperimentLayout, row: dict, config: ExperimentConfig, destination: str,
@@ -713,8 +717,13 @@ def finish_experiment(run: TuningRun, console) -> dict:
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
     if cost_line(summary):
         console.print(cost_line(summary), markup=False)
+    destination = None
     if best and best.get("best_checkpoint"):
-        destination = export_trial(layout)
+        try:
+            destination = export_trial(layout)
+        except LexirayError as error:  # the leaderboard and report stand; say why there is no best/
+            console.print(f"no best adapter: {error}", markup=False)
+    if destination is not None:
         summary["best_adapter"] = destination
         storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
         by_score = summary["selection"]["select_by"] == "task_score" and is_number(best.get("task_score"))

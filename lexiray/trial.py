@@ -441,11 +441,36 @@ def resume_source(checkpoint, output_dir: str, ladder: OomLadder):
         yield None
     elif os.path.isdir(output_dir) and get_last_checkpoint(output_dir):
         yield get_last_checkpoint(output_dir)
-    elif checkpoint is not None:
+    elif checkpoint is not None and (checkpoint := present_checkpoint(checkpoint)) is not None:
         with checkpoint.as_directory() as restored:
             yield os.path.join(restored, storage.CHECKPOINT_NAME)
     else:
         yield None
+
+
+def present_checkpoint(checkpoint):
+    """The persisted checkpoint to resume from: the one Tune or Train hands back, or where it
+    is gone, the trial's newest complete one beside it (None: none left). A driver killed
+    between an experiment-state snapshot and the trial's next save leaves the snapshot naming
+    a checkpoint that tune.keep_checkpoints has since pruned: every retry would fail on it."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    fs = checkpoint.filesystem
+
+    def complete(path: str) -> bool:  # HF writes trainer_state.json last
+        state = f"{path}/{storage.CHECKPOINT_NAME}/trainer_state.json"
+        return fs.get_file_info(state).type == pyarrow.fs.FileType.File
+
+    if complete(checkpoint.path):
+        return checkpoint
+    parent = checkpoint.path.rstrip("/").rsplit("/", 1)[0]
+    siblings = sorted((info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(parent, allow_not_found=True))
+                       if info.type == pyarrow.fs.FileType.Directory
+                       and info.base_name.startswith("checkpoint_")), reverse=True)
+    newest = next((path for path in siblings if complete(path)), None)
+    log.warning("checkpoint %s is gone; resuming from %s", checkpoint.path, newest or "step 0 (none is left)")
+    return None if newest is None else Checkpoint(newest, filesystem=fs)
 
 
 def report_divergence(settings: WorkerSettings, ladder: OomLadder, precisions: PrecisionLadder,
