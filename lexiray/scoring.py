@@ -23,8 +23,10 @@ imported inside the generation functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import time
 from collections import defaultdict
@@ -34,6 +36,7 @@ from typing import Callable, Iterable
 from lexiray import storage
 from lexiray.config import ExperimentConfig
 from lexiray.errors import LexirayError
+from lexiray.results import cell
 from lexiray.storage import ExperimentLayout
 
 NO_TASK = "none"  # the group of rows without a task column
@@ -327,17 +330,11 @@ def read_scores(layout: ExperimentLayout) -> ScoreRun | None:
     return None if text is None else ScoreRun.from_json(text)
 
 
+@contextlib.contextmanager
 def _checkpoint_dir(layout: ExperimentLayout, path: str):
-    """A context manager giving the checkpoint's HF folder (downloaded when at a URI)."""
-    from contextlib import contextmanager
-    from pathlib import Path
-
-    @contextmanager
-    def folder():
-        with layout.checkpoint(path).as_directory() as restored:
-            yield str(Path(restored) / storage.CHECKPOINT_NAME)
-
-    return folder()
+    """The checkpoint's HF folder (downloaded when at a URI)."""
+    with layout.checkpoint(path).as_directory() as restored:
+        yield os.path.join(restored, storage.CHECKPOINT_NAME)
 
 
 def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: list[ScoreTarget],
@@ -387,9 +384,13 @@ def score_models(layout: ExperimentLayout, config: ExperimentConfig, targets: li
                         for t, a, r in _one_per_task(tasks, answers, references)]
             results.append(ModelScores(target.name, task_score(per_task), per_task, seconds, examples))
             if progress:
-                progress(f"scored {target.name}: task score {_fmt(results[-1].task_score)}")
+                progress(f"scored {target.name}: task score {_score_cell(results[-1].task_score)}")
     order = {target.name: index for index, target in enumerate(targets)}
     return sorted(results, key=lambda result: order[result.name])
+
+
+def _score_cell(value) -> str:
+    return cell(value, ".3f")
 
 
 def _one_per_task(tasks, answers, references):
@@ -398,10 +399,6 @@ def _one_per_task(tasks, answers, references):
         if task not in seen:
             seen.add(task)
             yield task, answer[:300], reference[:300]
-
-
-def _fmt(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
 def _score_one_remote(layout_root: str, config_yaml: str, target: ScoreTarget, rows: list[EvalRow]) -> ModelScores:
@@ -441,7 +438,7 @@ def score_models_on_ray(layout: ExperimentLayout, config: ExperimentConfig, targ
         name = pending.pop(done[0])
         results.append(ray.get(done[0]))
         if progress:
-            progress(f"scored {name}: task score {_fmt(results[-1].task_score)}")
+            progress(f"scored {name}: task score {_score_cell(results[-1].task_score)}")
     order = {target.name: index for index, target in enumerate(targets)}
     return sorted(results, key=lambda result: order[result.name])
 
@@ -513,7 +510,7 @@ def score_line(run: ScoreRun) -> str:
     """One line: every scored model's task score and the time against the tuning's."""
     share = (f" = {run.seconds / run.tuning_seconds:.0%} of tuning's {run.tuning_seconds:.0f} s"
              if run.tuning_seconds else "")
-    models = " · ".join(f"{'base' if m.name == BASE else 'trial ' + m.name} {_fmt(m.task_score)}" for m in run.models)
+    models = " · ".join(f"{'base' if m.name == BASE else 'trial ' + m.name} {_score_cell(m.task_score)}" for m in run.models)
     return f"task scores ({run.eval_rows} eval rows, {run.seconds:.1f} s{share}): {models}"
 
 
@@ -525,8 +522,8 @@ def score_table(run: ScoreRun) -> list[list[str]]:
     lines = [["task (rows)", *names]]
     for task in tasks:
         lines.append([f"{task} ({run.rows_per_task.get(task, '?')})",
-                      *(_fmt((m.per_task.get(task) or {}).get("score")) for m in run.models)])
-    lines.append(["task score", *(_fmt(m.task_score) for m in run.models)])
+                      *(_score_cell((m.per_task.get(task) or {}).get("score")) for m in run.models)])
+    lines.append(["task score", *(_score_cell(m.task_score) for m in run.models)])
     return lines
 
 
