@@ -110,8 +110,10 @@ def test_driver_killed_then_resume_completes(tmp_path, no_ray_leftovers):
             "--name", "drv", "--set", "tune.scheduler=fifo", "--set", f"training.max_steps={total_steps}",
             "--set", f"training.save_steps={SAVE_STEPS}", "--set", f"training.eval_steps={SAVE_STEPS}"]
     log = (tmp_path / "tune.log").open("w+")
-    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env(), stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    # a state snapshot every second (Tune's default is 10 s or more): a fast machine would run a
+    # trial between two snapshots and never show the kill point (TUNE_GLOBAL_CHECKPOINT_S is public)
+    process = subprocess.Popen(args, cwd=tmp_path, env=cli_env() | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}, stdout=log,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     process.stdout = log
     finished = root / "finished"
     midway: dict[str, int] = {}

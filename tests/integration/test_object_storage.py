@@ -66,7 +66,7 @@ def test_tuning_on_s3_survives_a_driver_kill_and_reports_and_exports_from_the_bu
                                                                                      no_ray_leftovers):
     uri = f"s3://{BUCKET}/lexiray/s3-run"
     layout = ExperimentLayout(uri)
-    total = 24
+    total = 36  # long enough that the third trial is caught between its checkpoints
     args = [sys.executable, "-m", "lexiray", "tune", "--num-samples", "1", "--max-concurrent", "2",
             "--storage-path", f"s3://{BUCKET}/lexiray", "--name", "s3-run", "--set", "tune.scheduler=fifo",
             "--set", "search.training.learning_rate={grid: [5.0e-3, 3.0e-3, 4.0e-3]}",
@@ -78,8 +78,12 @@ def test_tuning_on_s3_survives_a_driver_kill_and_reports_and_exports_from_the_bu
             # snapshot names (trial.present_checkpoint resumes from the newer one, but its reports
             # after the snapshot are lost with the driver); this test is about the bucket, not that race
             "--set", "tune.keep_checkpoints=4"]
+    # Tune snapshots its experiment state every 10 s or more by default: a fast machine can run a
+    # whole trial between two snapshots, and the kill point (a trial mid-way in the snapshot)
+    # would never be seen; a snapshot every second makes it (TUNE_GLOBAL_CHECKPOINT_S is public)
+    env = s3_env | {"TUNE_GLOBAL_CHECKPOINT_S": "1"}
     log = (tmp_path / "tune.log").open("w+")
-    process = subprocess.Popen(args, cwd=tmp_path, env=s3_env, stdout=log, stderr=subprocess.STDOUT,
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
     midway: dict[str, int] = {}
     try:
