@@ -342,8 +342,10 @@ def plan(
                          if isinstance(train_rows, int) else None)
             costs.append(projected)
             wall = memory.projected_wall_s(trial.config, shape, train_rows) if projected else None
+            why = (train_rows if not isinstance(train_rows, int)  # the data could not be read
+                   else "no T4 throughput for it in the guide's table")
             cost = (f"  full run {_duration(wall[0])}–{_duration(wall[1])}, {_money_range(projected)}" if projected
-                    else "  full run: cost unknown (no T4 throughput for it in the guide's table)")
+                    else f"  full run: cost unknown ({why})")
         console.print(f"  {trial.label:<{width}}  peak {estimate.total_gb:5.1f} GB  "
                       f"(weights {estimate.weights_gb:.1f}, LoRA {estimate.lora_gb:.2f}, "
                       f"train step {estimate.activations_gb + estimate.logits_gb:.1f} / "

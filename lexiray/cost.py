@@ -25,9 +25,11 @@ from dataclasses import dataclass, field
 import math
 
 from lexiray.config import ExperimentConfig, ResourceSettings
+from lexiray.results import is_number
 
 SECONDS_PER_HOUR = 3600.0
-# A report's cost keys: a reused trial (lexiray.warm) replays its twin's reports with these at 0.
+# A report's cost keys: a reused trial (trial.replay_twin) replays its twin's reports without the
+# twin's figures: these carry this run's wait for the twin at this run's price, or are left out.
 COST_KEYS = ("paid_s", "cost_usd", "projected_cost_usd")
 
 
@@ -99,7 +101,7 @@ class BudgetLedger:
             self.reused.add(trial_id)
         for key, book in (("cost_usd", self.cost), ("projected_cost_usd", self.projected)):
             value = (result or {}).get(key)
-            if isinstance(value, (int, float)) and value == value:
+            if is_number(value):
                 book[trial_id] = max(float(value), book.get(trial_id, 0.0)) if key == "cost_usd" else float(value)
 
     def finish(self, trial_id: str, result: dict | None = None) -> None:

@@ -173,7 +173,7 @@ def score_targets(layout: ExperimentLayout, rows: list[LeaderboardRow], top_k: i
         # one per checkpoint: a reused trial shares its twin's (lexiray.warm), scored once (apply_scores)
         chosen, seen = [], set()
         for row in rows:
-            location = layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
+            location = best_checkpoint_location(layout, row)
             if len(chosen) == top_k:
                 break
             # a reused trial's checkpoint is in another experiment, which may have pruned or lost it
@@ -187,13 +187,20 @@ def score_targets(layout: ExperimentLayout, rows: list[LeaderboardRow], top_k: i
     return [scoring.ScoreTarget(scoring.BASE, None, targets[0].precision, targets[0].node_id), *targets]
 
 
+def best_checkpoint_location(layout: ExperimentLayout, row: LeaderboardRow) -> str | None:
+    """Where the row's best checkpoint is (a reused trial's: in its twin's experiment)."""
+    return layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
+
+
 def score_experiment(layout: ExperimentLayout, console, trial_id: str | None = None, eval_data=None,
                      tuning_seconds: float | None = None, records: list[TrialRecord] | None = None,
-                     on_ray: bool | None = None, top_k: int | None = None) -> scoring.ScoreRun | None:
+                     on_ray: bool | None = None, top_k: int | None = None,
+                     config: ExperimentConfig | None = None) -> scoring.ScoreRun | None:
     """Generate and score answers on the eval rows for the base and the best
     tune.score_top_k trials (or `trial_id`), into scores.json; a rescore keeps the other
-    trials' scores already there. None when there is nothing to score."""
-    config = storage.read_experiment_config(layout)
+    trials' scores already there. None when there is nothing to score. `records` and
+    `config`, where the caller holds them, spare reading them again."""
+    config = config or storage.read_experiment_config(layout)
     top_k = config.tune.score_top_k if top_k is None else top_k
     if not top_k and not trial_id:
         return None
@@ -219,14 +226,12 @@ def apply_scores(layout: ExperimentLayout, rows: list[LeaderboardRow],
     if run is None:
         return rows
     scored = {model.name: model for model in run.trials}
-
-    def location(row: LeaderboardRow) -> str | None:
-        return layout.checkpoint_location(row.best.checkpoint_path) if row.best.checkpoint_path else None
-
-    by_checkpoint = {location(row): scored[row.trial_id] for row in rows if row.trial_id in scored and location(row)}
+    locations = {row.trial_id: best_checkpoint_location(layout, row) for row in rows}
+    by_checkpoint = {locations[row.trial_id]: scored[row.trial_id] for row in rows
+                     if row.trial_id in scored and locations[row.trial_id]}
     result = []
     for row in rows:
-        model = scored.get(row.trial_id) or by_checkpoint.get(location(row))
+        model = scored.get(row.trial_id) or by_checkpoint.get(locations[row.trial_id])
         result.append(row if model is None else replace(row, task_score=model.task_score,
                                                         score_figures=scoring.figure_columns(model.per_task)))
     return result
@@ -332,7 +337,7 @@ def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
 
 
 def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], summary: dict, config: ExperimentConfig,
-                        max_t: int | None) -> dict[str, str]:
+                        max_t: int | None, scores: scoring.ScoreRun | None = None) -> dict[str, str]:
     """`report/`: the PNG plots and README.md embedding them under the leaderboard.
     Returns {plot file name: what it shows}."""
     metric = summary["metric"]
@@ -355,7 +360,6 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
     if tasks:
         figures["task_losses.png"] = (plots.task_losses(rows, tasks),
                                       "per-task eval_loss of the top trials, at each one's best checkpoint")
-    scores = scoring.read_scores(layout)
     if scores is not None and scores.models:
         scored_tasks = sorted({task for model in scores.models for task in model.per_task})
         figures["task_scores.png"] = (
@@ -365,12 +369,13 @@ def write_report_folder(layout: ExperimentLayout, rows: list[LeaderboardRow], su
     for name, (image, _) in figures.items():
         storage.write_bytes(layout.report_file(name), image)
     best = summary.get("best") or {}
+    spent = cost_line(summary)
     lines = [f"# {layout.name}", "",
              f"{summary['trials']} trials ({summary['stopped_early']} stopped early, {summary['errored']} errored, "
              f"{summary.get('reused', 0)} reused), "
              f"{summary['total_steps_trained']} training steps; ranked by {metric} ({summary['mode']})."
              + (f" Best: trial {best['trial_id']}, {metric} {best[metric]:.4f}." if is_number(best.get(metric))
-                else ""), "", *([cost_line(summary), ""] if cost_line(summary) else []),
+                else ""), "", *([spent, ""] if spent else []),
              "## Leaderboard", "", leaderboard_markdown(rows, metric), "",
              f"TensorBoard (curves and the HParams dashboard): `tensorboard --logdir {layout.tensorboard_dir}`", ""]
     if scores is not None and scores.models:
@@ -536,7 +541,7 @@ def build_report(layout: ExperimentLayout, max_t: int | None = None, wall_time_s
     }
     if config.report.plots and rows:
         summary["report"] = layout.report_dir
-        summary["plots"] = write_report_folder(layout, rows, summary, config, max_t)
+        summary["plots"] = write_report_folder(layout, rows, summary, config, max_t, scores)
         summary["plot"] = layout.plot_file(metric)
     storage.write_text(layout.summary_file, json.dumps(summary, indent=2, default=str))
     return summary
@@ -692,14 +697,15 @@ def merge_note(layout: ExperimentLayout, row: dict, config: ExperimentConfig, pr
 
 
 def finish_experiment(run: TuningRun, console) -> dict:
-    """After `Tuner.fit`: leaderboard, summary, plot, best adapter export, closing lines."""
+    """After `Tuner.fit`: task scores of the best trials (tune.score_top_k), leaderboard,
+    summary, plot, best adapter export, closing lines."""
     layout, config = run.layout, run.config
     records = collect_trials(layout)
     scores = None
     if config.tune.score_top_k:
         try:
             scores = score_experiment(layout, console, eval_data=run.eval_data, tuning_seconds=run.wall_time_s,
-                                      records=records)
+                                      records=records, config=config)
         except Exception as error:  # noqa: BLE001 - the tuning's results must still be reported and exported
             console.print(f"task scores failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); the "
                           f"report goes on without them: `lexiray score {layout.root}` tries again", markup=False)
@@ -715,8 +721,8 @@ def finish_experiment(run: TuningRun, console) -> dict:
                   f"{config.tune.scheduler.upper()}, {summary['diverged']} diverged, {summary['errored']} errored, "
                   f"{skipped}"
                   f"{summary['total_steps_trained']} training steps in {run.wall_time_s:.0f} s")
-    if cost_line(summary):
-        console.print(cost_line(summary), markup=False)
+    if spent := cost_line(summary):
+        console.print(spent, markup=False)
     destination = None
     if best and best.get("best_checkpoint"):
         try:
@@ -776,8 +782,8 @@ def finish_interrupted(run: TuningRun, console) -> dict:
     the exact command that continues the experiment (no adapter is exported)."""
     summary = build_report(run.layout, max_t=run.max_t, wall_time_s=run.wall_time_s, budget=run.budget)
     print_leaderboard(summary, console, top=run.config.report.top)
-    if cost_line(summary):
-        console.print(cost_line(summary), markup=False)
+    if spent := cost_line(summary):
+        console.print(spent, markup=False)
     console.print(f"{run.interrupted}: stopped after {summary['total_steps_trained']} training steps in "
                   f"{run.wall_time_s:.0f} s; the trials' checkpoints are kept")
     console.print(f"partial leaderboard: {run.layout.leaderboard_file}")

@@ -128,16 +128,16 @@ def score_fluency(answers: list[str], references: list[str]) -> dict[str, float]
     (NaN when none has); parsed: the share that has one. Score: per row 1 − error/4 (1 exact,
     0 four points off), an answer without a score counted 0 — so a model that stops writing
     scores cannot look better by its MAE over fewer rows."""
-    errors, row_scores = [], []
+    errors, row_scores, answered = [], [], []
     for answer, reference in zip(answers, references):
         got, wanted = parse_fluency(answer), parse_fluency(reference)
+        answered.append(got is not None)
         if got is None or wanted is None:
             row_scores.append(0.0)
             continue
         errors.append(abs(got - wanted))
         row_scores.append(1 - abs(got - wanted) / 4)
-    parsed = _mean([parse_fluency(answer) is not None for answer in answers])
-    return {"mae": _mean(errors), "parsed": parsed, "score": _mean(row_scores)}
+    return {"mae": _mean(errors), "parsed": _mean(answered), "score": _mean(row_scores)}
 
 
 def score_dialogue(answers: list[str], references: list[str]) -> dict[str, float]:
@@ -316,7 +316,7 @@ class ScoreRun:
         return [m for m in self.models if m.name != BASE]
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "models": [asdict(m) for m in self.models]}, indent=2, default=str)
+        return json.dumps(asdict(self), indent=2, default=str)  # asdict turns the models into dicts too
 
     @classmethod
     def from_json(cls, text: str) -> ScoreRun:

@@ -46,7 +46,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import ray.train
 import ray.tune
@@ -66,7 +66,7 @@ from lexiray.model import build_peft_model, check_bitsandbytes, choose_precision
 from lexiray.model import check_precision
 from lexiray.oom import OomLadder, free_memory, is_out_of_memory, raise_oom_above_batch, shorten_rows
 from lexiray.precision import NonFinite, PrecisionLadder, diverged_report, inject_nan_loss
-from lexiray.results import TrialReport
+from lexiray.results import TrialReport, is_number
 from lexiray.space import describe_sample
 from lexiray.storage import ExperimentLayout, TrainRunLayout
 from lexiray.warm import trial_fingerprint
@@ -178,7 +178,7 @@ def run_tune_trial(sample: dict, plan: TrialPlan) -> None:
     if twin == STOPPED_WAITING:
         return
     if twin is not None:
-        replay_twin(*twin, paid_s=time.time() - started, hourly=hourly_rate(config.resources))
+        replay_twin(twin, paid_s=time.time() - started, hourly=hourly_rate(config.resources))
         return
     # 3b. A sample whose estimated peak memory is over its GPU's would only run out of
     #     memory: it is not trained, it is recorded as skipped with its estimate.
@@ -225,7 +225,7 @@ def paid_before(layout: ExperimentLayout, trial_id: str) -> float:
     """The seconds the trial's earlier attempts reported paying for (a retry, a resumed
     experiment; 0 for a first attempt): its recorded results, which outlive the attempts."""
     paid = [result.get("paid_s") for result in storage.read_history(layout, trial_id)]
-    return max([value for value in paid if isinstance(value, (int, float))], default=0.0)
+    return max([value for value in paid if is_number(value)], default=0.0)
 # How long a trial waits for its twin in this run at most: a guard, not a schedule. A twin
 # that failed (Tune retries it, or gives up) marks it at once (storage.mark_failed); this only
 # matters if a retried twin waits for a slot its waiting twins hold.
@@ -234,8 +234,15 @@ TWIN_POLL_S = 1.0
 STOPPED_WAITING = ("stopped", "")
 
 
-def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
-    """(experiment, trial id) of a finished trial with this fingerprint to replay, None to
+class Twin(NamedTuple):
+    """A finished trial with the same fingerprint, and the results it recorded (read once)."""
+    source: ExperimentLayout
+    trial_id: str
+    history: list[dict]
+
+
+def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str) -> Twin | None | tuple[str, str]:
+    """The finished trial with this fingerprint to replay (a Twin), None to
     train, or STOPPED_WAITING when Tune stopped this trial while it waited. The warm-start
     experiment's finished trial first; else the first trial of this run to claim the
     fingerprint trains it and every later twin waits for it to finish, then replays it (a
@@ -248,7 +255,7 @@ def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
         # a twin skipped over its GPU memory there never trained: this run's memory budget decides anew
         if history and not history[-1].get("skipped_memory"):
             storage.claim_fingerprint(plan.layout, fingerprint, trial_id)  # a later warm start finds it here too
-            return source, owner
+            return Twin(source, owner, history)
     owner = storage.claim_fingerprint(plan.layout, fingerprint, trial_id)
     if owner == trial_id:  # first with it (or this trial again, retried): trains
         return None
@@ -256,7 +263,8 @@ def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
     log.info("trial %s: same settings as trial %s, which trains them: waiting for its results", trial_id, owner)
     while time.monotonic() < deadline:
         if storage.is_finished(plan.layout, owner):
-            return (plan.layout, owner) if storage.read_history(plan.layout, owner) else None
+            history = storage.read_history(plan.layout, owner)
+            return Twin(plan.layout, owner, history) if history else None
         if storage.has_failed(plan.layout, owner):
             return None
         if ray_seam.tune_asked_to_stop():  # the run ends (time budget, Ctrl-C)
@@ -265,14 +273,15 @@ def reusable_twin(plan: TrialPlan, trial_id: str, fingerprint: str):
     return None
 
 
-def replay_twin(source: ExperimentLayout, twin_id: str, paid_s: float = 0.0, hourly: float | None = None) -> None:
+def replay_twin(twin: Twin, paid_s: float = 0.0, hourly: float | None = None) -> None:
     """Hand Tune the twin's reports as this trial's, marked reused: ASHA judges them as it
     judges a trained trial's. Checkpoint paths point at the twin's checkpoints (in its
     experiment: `checkpoint_location`), so the report and export find them; a twin that was
     itself reused keeps the trial that trained. Its cost is this run's, not the twin's: the
     `paid_s` seconds it held its slot (waiting for a twin of this run) at this run's price
     (`hourly`; none: no cost keys, as for any trial of an unpriced run)."""
-    for result in storage.read_history(source, twin_id):
+    source = twin.source
+    for result in twin.history:
         result.pop("checkpoint_dir_name", None)  # Tune's name inside the twin's folder, not this one's
         if isinstance(result.get("checkpoint_path"), str):
             location = source.checkpoint_location(result["checkpoint_path"])
@@ -281,7 +290,7 @@ def replay_twin(source: ExperimentLayout, twin_id: str, paid_s: float = 0.0, hou
                 result["checkpoint_path"] = location
             else:
                 del result["checkpoint_path"]
-        result.setdefault("reused_from", f"{source.name}/{twin_id}")
+        result.setdefault("reused_from", f"{source.name}/{twin.trial_id}")
         for key in COST_KEYS:
             result.pop(key, None)
         if hourly is not None:

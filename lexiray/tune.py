@@ -141,8 +141,8 @@ class BudgetLimiter(Searcher):
 
 
 def informed_optuna_search(evaluated: tuple[tuple[dict, float], ...], **options):
-    """An OptunaSearch told earlier results before it samples (a warm start), besides the
-    points it evaluates first. Ray's `evaluated_rewards` would record the points instead of
+    """An OptunaSearch told earlier results before it samples (a warm start; none on a cold
+    start, where it is Ray's OptunaSearch as is), besides the points it evaluates first. Ray's `evaluated_rewards` would record the points instead of
     evaluating them; Optuna needs the search space to record a result, which Tune hands the
     searcher in `set_search_properties` (public Searcher API), so the results go in there."""
     from ray.tune.search.optuna import OptunaSearch
@@ -168,15 +168,10 @@ def search_algorithm(config: ExperimentConfig, concurrency: int, ledger: BudgetL
     if config.tune.search_alg == "optuna":
         try:
             import optuna  # noqa: F401
-            from ray.tune.search.optuna import OptunaSearch
         except ImportError:
             raise ConfigError("tune.search_alg=optuna needs Optuna: pip install 'lexiray[optuna]'") from None
-        if warm and warm.evaluated:
-            algorithm = informed_optuna_search(warm.evaluated, metric=config.tune.metric, mode=config.tune.mode,
-                                               seed=seed, points_to_evaluate=points)
-        else:
-            algorithm = OptunaSearch(metric=config.tune.metric, mode=config.tune.mode, seed=seed,
-                                     points_to_evaluate=points)
+        algorithm = informed_optuna_search(warm.evaluated if warm else (), metric=config.tune.metric,
+                                           mode=config.tune.mode, seed=seed, points_to_evaluate=points)
     else:
         # Not a Searcher: Tune ignores max_concurrent_trials for it and a ConcurrencyLimiter
         # cannot wrap it, so it carries its own limit. Each point replaces one of the

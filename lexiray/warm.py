@@ -8,7 +8,8 @@ configuration sampled twice) and across runs (`lexiray tune --warm-start EARLIER
 
 Not in the fingerprint, as they change no result: the experiment's name and description,
 the tune / report sections (search, scheduler, storage, budget), the CPUs per trial, the GPU
-memory budget, the data loader's worker processes. In it, as they do: the number of Ray
+memory budget, the price per hour, the data loader's worker processes, the share of bad rows
+tolerated (it refuses a file or not; the rows trained on stay the same). In it, as they do: the number of Ray
 Train workers (data parallelism changes the batches), whether the trial has a GPU (and which
 kind), the seeds. Known limits: a Hugging Face dataset is identified by its id (and a model by
 its name and revision), not by its content; a local model folder by its path.

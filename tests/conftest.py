@@ -45,6 +45,11 @@ def cli_env() -> dict:
     return env
 
 
+# Two trials at a time (explicitly, never the core count), 16 steps on 200 rows, a checkpoint and
+# an evaluation every 4: short trials in which a good learning rate learns something.
+SIXTEEN_STEP_TRIALS = ["--num-samples", "1", "--max-concurrent", "2", "--set", "data.max_rows=200",
+                       "--set", "training.max_steps=16", "--set", "training.save_steps=4",
+                       "--set", "training.eval_steps=4"]
 # A tune run of a few seconds a trial: 120 rows, 8 steps, an evaluation every 4, FIFO, 2 at once.
 QUICK_TUNE = ["--max-concurrent", "2", "--set", "data.max_rows=120", "--set", "training.max_steps=8",
               "--set", "training.save_steps=4", "--set", "training.eval_steps=4", "--set", "tune.scheduler=fifo"]

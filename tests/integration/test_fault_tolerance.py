@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, cli_env, kill_ray_processes, newest_experiment_state, registered_checkpoint_steps, run_cli
+from tests.conftest import cli_env, kill_ray_processes, newest_experiment_state, registered_checkpoint_steps, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -11,17 +11,14 @@ from pathlib import Path
 import pytest
 
 from lexiray.config import LEXILINGO_TASKS
-from tests.conftest import check_no_ray_leftovers, read_leaderboard, run_cli
+from tests.conftest import SIXTEEN_STEP_TRIALS, check_no_ray_leftovers, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
 
 # Three trials, two at a time: two learning rates that learn something in 16 steps and one far
 # too small (its adapter stays near zero); two scored (score_top_k=2), so one shows "-".
 SCORED_TUNE = [
-    "--num-samples", "1", "--max-concurrent", "2",
-    "--set", "data.max_rows=200",
-    "--set", "training.max_steps=16",
-    "--set", "training.save_steps=4", "--set", "training.eval_steps=4",
+    *SIXTEEN_STEP_TRIALS,
     "--set", "search.training.learning_rate={grid: [8.0e-3, 1.0e-6, 5.0e-3]}",
     "--set", "search.lora.r={choice: [8]}",
     "--set", "search.training.per_device_train_batch_size={choice: [8]}",

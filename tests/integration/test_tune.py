@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from lexiray.config import LEXILINGO_TASKS
-from tests.conftest import check_no_ray_leftovers, evaluate_adapter, read_leaderboard, run_cli
+from tests.conftest import SIXTEEN_STEP_TRIALS, check_no_ray_leftovers, evaluate_adapter, read_leaderboard, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -20,10 +20,7 @@ pytestmark = pytest.mark.slow
 # rates are far too small to learn, so ASHA has clearly worse trials to stop at its rungs
 # while the good ones run to max_t.
 FAST_TUNE = [
-    "--num-samples", "1", "--max-concurrent", "2",
-    "--set", "data.max_rows=200",
-    "--set", "training.max_steps=16",
-    "--set", "training.save_steps=4", "--set", "training.eval_steps=4",
+    *SIXTEEN_STEP_TRIALS,
     "--set", "search.training.learning_rate={grid: [6.0e-3, 1.0e-6, 5.0e-3, 1.0e-6, 1.0e-6, 4.0e-3]}",
     "--set", "search.lora.r={choice: [4, 8]}",
 ]

@@ -44,7 +44,7 @@ def test_submit_dry_run_prints_the_ray_job_submit_call(tmp_path):
                       "--name", "b1", "--set", "lora.r=8", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     line = result.stdout.strip().splitlines()[-1]
-    assert line.startswith(f"ray job submit --address http://127.0.0.1:8265 --submission-id lexiray-b1-")
+    assert line.startswith("ray job submit --address http://127.0.0.1:8265 --submission-id lexiray-b1-")
     assert line.endswith(f"--working-dir {tmp_path} -- python -m lexiray tune -c balanced --storage-path "
                          "s3://bucket/lexiray --name b1 --set lora.r=8")
     assert "note:" not in result.stdout  # the storage is shared: no warning

@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from lexiray.config import load_config
 from lexiray.data import PadCollator, build_example, _to_dataset
-from lexiray.hf_trainer import (MODEL_COLUMNS, TASK_COLUMN, answer_token_losses, build_hf_trainer,
+from lexiray.hf_trainer import (MODEL_COLUMNS, answer_token_losses, build_hf_trainer,
                                 decoder_and_head, eval_task_names)
 from lexiray.memory import EVAL_LOSS_CHUNK_TOKENS
 from lexiray.model import build_peft_model, load_tokenizer
